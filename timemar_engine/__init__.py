@@ -1,0 +1,6 @@
+"""timemar-engine: TimeMAR multi-scale autoregressive time-series generation."""
+from .config import ModelConfig, TrainConfig, preset
+from .engine import Engine
+
+__version__ = "0.1.0"
+__all__ = ["Engine", "ModelConfig", "TrainConfig", "preset", "__version__"]

@@ -1,0 +1,93 @@
+"""One-file checkpoints, loaded only with torch.load(weights_only=True)."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .data import MinMaxScaler
+from .model import TimeMAR
+
+FORMAT_VERSION = 1
+REQUIRED = ("format_version", "config", "vqvae", "gpt", "scaler_lo", "scaler_hi", "channels")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, then rename over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: TimeMAR, scaler: MinMaxScaler,
+                    channels: list[str], meta: dict, train_state: dict | None = None) -> None:
+    obj = {
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "vqvae": model.vqvae.state_dict(),
+        "gpt": model.gpt.state_dict(),
+        "scaler_lo": torch.as_tensor(scaler.lo, dtype=torch.float64),
+        "scaler_hi": torch.as_tensor(scaler.hi, dtype=torch.float64),
+        "channels": list(channels),
+        "meta": meta,
+    }
+    if train_state is not None:
+        obj["train_state"] = train_state
+    atomic_save(obj, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, validated; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file contains pickled Python objects that are not plain "
+            f"tensors or containers (it may run code when unpickled); nothing was executed. "
+            f"Detail: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({e})") from None
+    if not isinstance(obj, dict) or "format_version" not in obj:
+        raise CheckpointError(f"{path}: not a timemar-engine checkpoint (no format_version)")
+    if obj["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {obj['format_version']!r} is not "
+                              f"supported (this timemar-engine reads version {FORMAT_VERSION})")
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[TimeMAR, MinMaxScaler, list[str], dict, dict]:
+    """Model (eval mode, on device), scaler, channel names, meta and the raw dict."""
+    obj = read_checkpoint(path)
+    try:
+        model = TimeMAR(ModelConfig.from_dict(obj["config"]))
+        model.vqvae.load_state_dict(obj["vqvae"])
+        model.gpt.load_state_dict(obj["gpt"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: config and weights do not fit together: {e}") from None
+    scaler = MinMaxScaler(obj["scaler_lo"].numpy().astype(np.float64),
+                          obj["scaler_hi"].numpy().astype(np.float64))
+    return model.to(device).eval(), scaler, list(obj["channels"]), obj.get("meta", {}), obj
