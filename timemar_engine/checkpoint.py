@@ -58,13 +58,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (not a complete PyTorch "
+                              f"zip archive)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()), "")
         raise CheckpointError(
             f"{path}: refused: the file contains pickled Python objects that are not plain "
             f"tensors or containers (it may run code when unpickled); nothing was executed. "
-            f"Detail: {str(e).splitlines()[0]}") from None
+            f"{detail}".rstrip()) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({e})") from None
     if not isinstance(obj, dict) or "format_version" not in obj:

@@ -17,6 +17,10 @@ EPILOG = """examples:
 """
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out; printed as one error line."""
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -107,7 +111,7 @@ def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
+            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -128,9 +132,9 @@ def cmd_train(args) -> int:
 
     out = Path(args.out)
     if args.stage == "2" and not args.resume:
-        raise SystemExit("error: --stage 2 needs --resume CKPT (a checkpoint with stage 1 done)")
+        raise UsageError("--stage 2 needs --resume CKPT (a checkpoint with stage 1 done)")
     if out.exists() and not args.force and not (args.resume and Path(args.resume) == out):
-        raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
     known = {"sines", "stocks", "etth", "energy", "fmri", "mujoco"}
     if args.data.lower() in known:
         series = load_dataset(args.data, args.data_dir, nan=args.nan, seq_len=args.seq_len)
@@ -146,7 +150,7 @@ def cmd_train(args) -> int:
         obj = read_checkpoint(args.resume)
         cfg = ModelConfig.from_dict(obj["config"])
         if cfg.channels != series.channels or cfg.seq_len != args.seq_len:
-            raise SystemExit(f"error: {args.resume} was trained with T={cfg.seq_len}, "
+            raise UsageError(f"{args.resume} was trained with T={cfg.seq_len}, "
                              f"C={cfg.channels}; this data gives T={args.seq_len}, "
                              f"C={series.channels}")
         model = TimeMAR(cfg)
@@ -189,10 +193,10 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .engine import Engine
 
-    engine = Engine.load(args.ckpt, device=args.device, backend=args.backend)
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    engine = Engine.load(args.ckpt, device=args.device, backend=args.backend)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size or (
         2048 if engine.device.type == "cpu" else None), seed=args.seed,
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
     try:
         return handler(args)
-    except (CheckpointError, DataError, FileExistsError, ValueError) as e:
+    except (UsageError, CheckpointError, DataError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,8 +30,8 @@ class Series:
 # file name (relative to the data dir) and options of each named benchmark dataset
 DATASETS: dict[str, dict] = {
     "stocks": dict(file="stock_data.csv"),
-    "etth": dict(file="ETTh.csv"),
-    "energy": dict(file=("energy_data.csv", "energydata_complete.csv")),
+    "etth": dict(file="ETTh.csv", drop=("date",)),
+    "energy": dict(file=("energy_data.csv", "energydata_complete.csv"), drop=("date",)),
     "fmri": dict(file="fMRI/sim4.mat", variable="ts"),
     "mujoco": dict(file="mujoco/mujoco_hopper_10000x24x14.npy"),
 }
@@ -71,23 +71,27 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, nan: str 
     files = spec["file"] if isinstance(spec["file"], tuple) else (spec["file"],)
     for f in files:
         if (base / f).exists():
-            series = load_file(base / f, variable=spec.get("variable"), nan=nan)
+            series = load_file(base / f, variable=spec.get("variable"), nan=nan,
+                               drop=spec.get("drop", ()))
             series.name = key
             return series
     raise DataError(f"dataset {name!r} not found: looked for {', '.join(files)} under {base} "
                     "(set --data-dir or TIMEMAR_DATA_DIR)")
 
 
-def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "error") -> Series:
-    """Read a CSV / .npy / .mat / Parquet file into a checked float64 Series."""
+def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "error",
+              drop: tuple[str, ...] = ()) -> Series:
+    """Read a CSV / .npy / .mat / Parquet file into a checked float64 Series.
+
+    Table columns named in `drop` are removed silently; other non-numeric ones with a warning."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt"):
-        values, columns = _read_table(path, "csv")
+        values, columns = _read_table(path, "csv", drop)
     elif suffix in (".parquet", ".pq"):
-        values, columns = _read_table(path, "parquet")
+        values, columns = _read_table(path, "parquet", drop)
     elif suffix == ".npy":
         values = np.load(path, allow_pickle=False)
         columns = [f"ch{c}" for c in range(values.shape[-1])] if values.ndim else []
@@ -107,7 +111,7 @@ def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "
     return Series(values, columns, path.stem)
 
 
-def _read_table(path: Path, kind: str) -> tuple[np.ndarray, list[str]]:
+def _read_table(path: Path, kind: str, drop: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     import pandas as pd
 
     try:
@@ -122,6 +126,7 @@ def _read_table(path: Path, kind: str) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"{path}: ragged or malformed rows: {e}") from e
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file is empty") from e
+    df = df.drop(columns=[c for c in drop if c in df.columns])
     numeric, dropped = [], []
     for col in df.columns:
         if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):

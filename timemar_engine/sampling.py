@@ -38,7 +38,7 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, **fil
     return torch.multinomial(probs, 1, generator=generator).view(B, s)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              return_indices: bool = False):

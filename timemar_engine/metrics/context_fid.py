@@ -13,6 +13,8 @@ dilations 32..1024 exceed T.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -183,6 +185,16 @@ def encode(model: nn.Module, x: np.ndarray, device, batch: int = 2048) -> np.nda
     return np.concatenate(outs)
 
 
+def _one_blas_thread():
+    # sqrtm of a 320x320 matrix takes ~20 ms on one thread, but multi-threaded OpenBLAS can take
+    # seconds on a busy machine (spinning threads); one thread is always fast enough here.
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrtm(S_a S_b)), unbiased covariances (np.cov),
     scipy.linalg.sqrtm, real part kept if complex."""
@@ -191,12 +203,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"frechet_distance: need two 2-D arrays with equal width; got {a.shape}, {b.shape}")
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("frechet_distance: need at least 2 rows per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = scipy.linalg.sqrtm(s_a @ s_b)
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * covmean))
+    with _one_blas_thread():
+        mu_a, mu_b = a.mean(0), b.mean(0)
+        s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+        covmean = scipy.linalg.sqrtm(s_a @ s_b)
+        if np.iscomplexobj(covmean):
+            covmean = covmean.real
+        return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * covmean))
 
 
 def context_fid(real: np.ndarray, fake: np.ndarray, *, seed: int, device="cpu",

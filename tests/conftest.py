@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from timemar_engine.config import ModelConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TIMEMAR_DATA_DIR", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture
+def datasets_dir() -> Path:
+    d = data_dir()
+    if not (d / "stock_data.csv").exists():
+        pytest.skip(f"benchmark data not found in {d} (set TIMEMAR_DATA_DIR to the datasets folder)")
+    return d
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(seq_len=24, channels=3, hidden=16, enc_blocks=1, code_dim=8, codebook_size=32,
+                d_model=32, n_layer=2, n_head=2, attn_heads=2)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
