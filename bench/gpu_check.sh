@@ -17,16 +17,13 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py 
 python3 -m pytest -q -p no:cacheprovider bench/ --benchmark-only \
     --benchmark-json "$OUT/bench.json" 2>&1 | tail -n 3
 # 3. the main job on CUDA: 100k windows from the default model
-/usr/bin/time -f "%e s wall, %M KB peak RSS" python3 -m timemar_engine.cli sample --n 100000 \
-    --out /tmp/s100k.npy --device cuda --seed 0 --force --quiet 2> "$OUT/sample_time.txt"
-cat "$OUT/sample_time.txt"
+TIMEFORMAT="%R s wall"
+time cli sample --n 100000 --out /tmp/s100k.npy --device cuda --seed 0 --force
 # 4. the four metrics on CUDA at full protocol settings, two default-model sample sets
 cli sample --n 17397 --out /tmp/a.npy --device cuda --seed 1 --force --quiet
 cli sample --n 17397 --out /tmp/b.npy --device cuda --seed 2 --force --quiet
-/usr/bin/time -f "%e s wall" python3 -m timemar_engine.cli evaluate --real /tmp/a.npy \
-    --fake /tmp/b.npy --device cuda --repeats 5 --quiet --json "$OUT/eval_cuda.json" \
-    2> "$OUT/eval_time.txt" | tail -n 6
-cat "$OUT/eval_time.txt"
+time cli evaluate --real /tmp/a.npy --fake /tmp/b.npy --device cuda --repeats 5 --quiet \
+    --json "$OUT/eval_cuda.json"
 python3 - "$OUT/bench.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))

@@ -143,3 +143,17 @@ def test_named_datasets(datasets_dir, name, n, c):
     w, sc = prepare(load_dataset(name, datasets_dir), 24)
     assert w.shape == (n, 24, c)
     assert w.min() == 0 and w.max() == 1
+
+
+def test_window_stats_against_direct_computation(rng):
+    from timemar_engine.evaluation import window_stats
+
+    w = rng.normal(size=(40, 24, 3)).cumsum(axis=1) * [1, 2, 3] + [0, 5, -5]
+    s = window_stats(w)
+    for c in range(3):
+        x = w[:, :, c]
+        mu, sd = x.mean(), x.std()
+        lag = np.mean([(x[i, t] - mu) * (x[i, t + 1] - mu) for i in range(40) for t in range(23)])
+        np.testing.assert_allclose([s["mean"][c], s["std"][c], s["lag1"][c]],
+                                   [mu, sd, lag / sd**2], rtol=1e-10)
+    assert (s["lag1"] > 0.5).all()  # random walks are strongly autocorrelated

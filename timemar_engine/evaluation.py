@@ -53,3 +53,17 @@ def write_json(result: dict, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)
+
+
+def window_stats(windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel mean, std and lag-1 autocorrelation of (N, T, C) windows.
+
+    The autocorrelation is pooled: deviations from the channel's overall mean, products of
+    consecutive steps averaged over all windows, divided by the overall variance."""
+    w = np.asarray(windows, dtype=np.float64)
+    mean = w.mean(axis=(0, 1))
+    std = w.std(axis=(0, 1))
+    d = w - mean
+    var = np.where(std > 0, std**2, 1.0)
+    lag1 = (d[:, 1:] * d[:, :-1]).mean(axis=(0, 1)) / var
+    return {"mean": mean, "std": std, "lag1": lag1}
