@@ -238,8 +238,7 @@ def cmd_sample(args) -> int:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     engine = Engine.load(args.ckpt, device=args.device, backend=args.backend)
     t0 = time.perf_counter()
-    engine.sample_to(out, args.n, batch_size=args.batch_size or (
-        2048 if engine.device.type == "cpu" else None), seed=args.seed,
+    engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,
         progress=not args.quiet, overwrite=args.force, fmt=args.format)
     dt = time.perf_counter() - t0

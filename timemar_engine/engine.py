@@ -33,7 +33,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def default_batch_size(device: torch.device) -> int:
-    return 4096 if device.type == "cuda" else 1024
+    return 4096 if device.type == "cuda" else 2048
 
 
 def check_count(n) -> None:
