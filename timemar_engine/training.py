@@ -177,7 +177,8 @@ class Trainer:
             if step % self.tcfg.log_every == 0:
                 bar.set_postfix_str(postfix(logs))
                 self.meta["history"].setdefault(f"stage{stage}", []).append(
-                    {"step": step, **{k: round(float(v), 5) for k, v in logs.items()}})
+                    {"step": step, **{k: [round(x, 4) for x in v.tolist()] if v.ndim else
+                                      round(float(v), 5) for k, v in logs.items()}})
             if time.perf_counter() - self._last_save > SAVE_EVERY_S:
                 self.save({"stage": stage, "step": step, "optimizer": opt.state_dict(),
                            "rng": self.gen.get_state()})
@@ -195,10 +196,13 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(vq.parameters(), tcfg.grad_clip)
             if (step + 1) % tcfg.dead_code_every == 0 and step < 0.8 * total:
                 revived[0] += vq.quant.restart_dead_codes()
-            return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
+            ppl = torch.tensor([perplexity(i, self.model.cfg.codebook_size)[0] for i in out.indices])
+            return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()},
+                    "perplexity": ppl}
 
         steps = self._loop(1, tcfg.stage1_steps, tcfg.lr1, list(vq.parameters()), state, seconds,
-                           step_fn, lambda l: f"loss {l['loss']:.4f} recon {l['recon']:.4f}")
+                           step_fn, lambda l: f"loss {l['loss']:.4f} recon {l['recon']:.4f} "
+                           f"perplexity/scale {' '.join(f'{p:.0f}' for p in l['perplexity'])}")
         report = stage1_report(self.model, self.data, self.device)
         self.meta["stage1"] = {"steps": steps, "codes_revived": revived[0], **report}
         self.save({"stage": 2, "step": 0})
@@ -221,10 +225,11 @@ class Trainer:
             loss = (ce * torch.tensor(scales, device=ce.device)).sum() / sum(scales)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), tcfg.grad_clip)
-            return {"ce": loss.detach(), "ce_last": ce[-1].detach()}
+            return {"ce": loss.detach(), "ce_per_scale": ce.detach()}
 
         steps = self._loop(2, tcfg.stage2_steps, tcfg.lr2, list(gpt.parameters()), state, seconds,
-                           step_fn, lambda l: f"ce {l['ce']:.4f} last-scale {l['ce_last']:.4f}")
+                           step_fn, lambda l: f"ce {l['ce']:.3f} per scale "
+                           f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}")
         report = stage2_report(self.model, tokens, self.device)
         self.meta["stage2"] = {"steps": steps, **report}
         self.save()
