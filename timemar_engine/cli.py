@@ -248,45 +248,44 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def default_real_data(meta: dict) -> str | None:
+    """The data a checkpoint was trained on: a named dataset, or the file path it was given."""
+    from .evaluation import NAMED
+
+    name, source = meta.get("dataset"), meta.get("source")
+    if name in NAMED:
+        return name
+    return source if source and Path(source).exists() else None
+
+
 def cmd_evaluate(args) -> int:
     from .engine import Engine, resolve_device
-    from .evaluation import format_table, load_windows, real_windows, scale_pair, write_json
-    from .metrics import evaluate_arrays
+    from .evaluation import (evaluate_checkpoint, format_table, load_windows, scale_pair,
+                             score_windows, write_json)
 
     device = resolve_device(args.device)
-    iterations = {k: int(v) for k, v in parse_overrides(args.iterations).items()}
-    extra: dict = {}
+    common = dict(metrics=args.metrics, repeats=args.repeats, seed=args.seed, device=device,
+                  iterations={k: int(v) for k, v in parse_overrides(args.iterations).items()},
+                  plot=args.plot, progress=not args.quiet)
     if args.real or args.fake:
         if not (args.real and args.fake) or args.ckpt or args.data:
             raise UsageError("--real and --fake go together, without --ckpt or --data")
         real, fake = scale_pair(load_windows(args.real), load_windows(args.fake), args.assume_unit)
-        extra.update(real=args.real, fake=args.fake)
+        result = score_windows(real, fake, **common)
+        result.update(real=args.real, fake=args.fake)
     else:
         engine = Engine.load(args.ckpt, device=device)
-        data = args.data or engine.meta.get("dataset")
+        data = args.data or default_real_data(engine.meta)
         if not data:
             raise UsageError("say which real data to compare with: --data NAME_OR_FILE")
-        real, scaler = real_windows(data, args.data_dir, engine.seq_len, args.variable)
-        if real.shape[2] != len(engine.channels):
-            raise UsageError(f"{data} has {real.shape[2]} channels, the model {len(engine.channels)}")
-        n = args.n or len(real)
-        t0 = time.perf_counter()
-        fake = engine.sample(n, batch_size=args.batch_size, seed=args.seed,
-                             progress=not args.quiet)
-        extra.update(dataset=data, ckpt=str(engine.path), sample_seconds=time.perf_counter() - t0)
-        fake = scaler.to_unit(fake.astype(np.float64))
-    result = evaluate_arrays(real, fake, metrics=args.metrics, repeats=args.repeats, seed=args.seed,
-                             device=device, progress=not args.quiet, iterations=iterations)
-    result.update(extra, device=str(device))
+        result = evaluate_checkpoint(engine, data, args.data_dir, n=args.n,
+                                     batch_size=args.batch_size, variable=args.variable, **common)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
-    if args.plot:
-        from .plots import plot_evaluation
-
-        paths = plot_evaluation(real, fake, args.plot, seed=args.seed)
-        print("wrote " + ", ".join(map(str, paths)))
+    if result.get("plots"):
+        print("wrote " + ", ".join(result["plots"]))
     return 0
 
 

@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from .data import DataError, MinMaxScaler, load_dataset, load_file, prepare
+from .metrics.report import METRICS, evaluate_arrays
+
+if TYPE_CHECKING:
+    import torch
+
+    from .engine import Engine
 
 NAMED = ("sines", "stocks", "etth", "energy", "fmri", "mujoco")
 
 
-def real_windows(data: str, data_dir: str | None, seq_len: int, variable: str | None = None
+def real_windows(data: str, data_dir: str | Path | None, seq_len: int, variable: str | None = None
                  ) -> tuple[np.ndarray, MinMaxScaler]:
     """Real windows in [0, 1] (the protocol's real set) and their scaler."""
     series = (load_dataset(data, data_dir, seq_len=seq_len) if data.lower() in NAMED
@@ -35,6 +43,47 @@ def scale_pair(real: np.ndarray, fake: np.ndarray, assume_unit: bool) -> tuple[n
         return real, fake
     sc = MinMaxScaler.fit(real)
     return sc.to_unit(real), sc.to_unit(fake)
+
+
+def score_windows(real: np.ndarray, fake: np.ndarray, *, metrics: Sequence[str] = METRICS,
+                  repeats: int = 5, seed: int = 0, device: "str | torch.device" = "cpu",
+                  iterations: Mapping[str, int] | None = None, plot: str | Path | None = None,
+                  progress: bool = True) -> dict:
+    """`evaluate_arrays` on [0, 1] windows, plus the device and, with `plot`, the plot paths."""
+    result = evaluate_arrays(real, fake, metrics=metrics, repeats=repeats, seed=seed,
+                             device=device, progress=progress, iterations=iterations)
+    result["device"] = str(device)
+    if plot:
+        from .plots import plot_evaluation
+
+        result["plots"] = [str(p) for p in plot_evaluation(real, fake, plot, seed=seed)]
+    return result
+
+
+def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None = None, *,
+                        n: int | None = None, batch_size: int | None = None,
+                        variable: str | None = None, metrics: Sequence[str] = METRICS,
+                        repeats: int = 5, seed: int = 0, device: "str | torch.device | None" = None,
+                        iterations: Mapping[str, int] | None = None,
+                        plot: str | Path | None = None, progress: bool = True) -> dict:
+    """Sample n windows (default: as many as the real set) and score them against `data`.
+
+    Real = all windows of `data` in [0, 1] (`real_windows`); fake = the samples in data units
+    mapped to [0, 1] by the same real scaler. Sampling and the metrics use `seed`; the metrics
+    run on `device` (default: the engine's). Returns `score_windows`' dict plus dataset, ckpt and
+    sample_seconds."""
+    real, scaler = real_windows(data, data_dir, engine.seq_len, variable)
+    if real.shape[2] != len(engine.channels):
+        raise DataError(f"{data} has {real.shape[2]} channels, the model {len(engine.channels)}")
+    t0 = time.perf_counter()
+    fake = engine.sample(n or len(real), batch_size=batch_size, seed=seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    fake = scaler.to_unit(fake.astype(np.float64))
+    result = score_windows(real, fake, metrics=metrics, repeats=repeats, seed=seed,
+                           device=engine.device if device is None else device,
+                           iterations=iterations, plot=plot, progress=progress)
+    result.update(dataset=data, ckpt=str(engine.path), sample_seconds=seconds)
+    return result
 
 
 def format_table(result: dict) -> str:

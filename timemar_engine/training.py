@@ -41,7 +41,7 @@ class StepBudget:
             return
         per_step = (time.perf_counter() - self.t0) / done
         fits = step + int((self.seconds - (time.perf_counter() - self.t0)) / per_step)
-        self.total = max(step + 1, min(self.total, fits))
+        self.total = max(step, min(self.total, fits))
 
     def out_of_time(self) -> bool:
         return self.seconds is not None and time.perf_counter() - self.t0 > self.seconds

@@ -1,0 +1,214 @@
+"""Benchmark table: train TimeMAR on each dataset, sample, and score with the protocol metrics.
+
+For each dataset: train with `timemar-engine train` under a time budget (or reuse the checkpoint
+in --ckpt-dir), sample as many windows as the dataset has real windows, and score them with the
+four metrics of PROTOCOL.md section 2 (`timemar_engine.evaluation.evaluate_checkpoint`, the code
+path of `timemar-engine evaluate`). Writes quality_T{T}.json (all numbers) and quality_T{T}.md
+(our mean ± 95% t half-width next to the Diffusion-TS paper's numbers) under --out-dir; both are
+rewritten after every dataset. Datasets whose files are missing are skipped.
+
+    python bench/quality.py --data-dir ../shared/datasets --train-minutes 30
+    python bench/quality.py --datasets sines stocks --reuse          # re-score saved checkpoints
+    python bench/quality.py --datasets sines --quick --out-dir /tmp/q  # smoke test, ~30 s on CPU
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from timemar_engine import cli
+from timemar_engine.config import PRESETS
+from timemar_engine.data import DataError, load_dataset
+from timemar_engine.engine import Engine, resolve_device
+from timemar_engine.evaluation import NAMED, evaluate_checkpoint, format_table, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+NAMES = {"sines": "Sines", "stocks": "Stocks", "etth": "ETTh", "mujoco": "MuJoCo",
+         "energy": "Energy", "fmri": "fMRI"}
+METRIC_NAMES = {"context_fid": "Context-FID", "correlational": "Correlational",
+                "discriminative": "Discriminative", "predictive": "Predictive"}
+OURS, ORIGINAL = "TimeMAR (ours)", "Original (real data)"
+# Diffusion-TS paper, Table 1 (T = 24), mean ± 95% t half-width over 5 repeats, as copied in
+# PROTOCOL.md section 2.6. Columns: sines stocks etth mujoco energy fmri.
+TABLE1 = {
+    ("context_fid", "Diffusion-TS"): "0.006±.000 0.147±.025 0.116±.010 0.013±.001 0.089±.024 0.105±.006",
+    ("correlational", "Diffusion-TS"): "0.015±.004 0.004±.001 0.049±.008 0.193±.027 0.856±.147 1.411±.042",
+    ("discriminative", "Diffusion-TS"): "0.006±.007 0.067±.015 0.061±.009 0.008±.002 0.122±.003 0.167±.023",
+    ("predictive", "Diffusion-TS"): "0.093±.000 0.036±.000 0.119±.002 0.007±.000 0.250±.000 0.099±.000",
+    ("predictive", ORIGINAL): "0.094±.001 0.036±.001 0.121±.005 0.007±.001 0.250±.003 0.090±.001",
+    ("context_fid", "TimeGAN"): "0.101±.014 0.103±.013 0.300±.013 0.563±.052 0.767±.103 1.292±.218",
+    ("discriminative", "TimeGAN"): "0.011±.008 0.102±.021 0.114±.055 0.238±.068 0.236±.012 0.484±.042",
+}
+# Same paper, Table 2 (long windows, Diffusion-TS, means only), PROTOCOL.md section 2.6.
+TABLE2 = {
+    64: {("context_fid", "Diffusion-TS"): {"etth": "0.631", "energy": "0.135"},
+         ("discriminative", "Diffusion-TS"): {"etth": "0.106", "energy": "0.078"}},
+    128: {("context_fid", "Diffusion-TS"): {"etth": "0.787", "energy": "0.087"},
+          ("discriminative", "Diffusion-TS"): {"etth": "0.144", "energy": "0.143"}},
+    256: {("context_fid", "Diffusion-TS"): {"etth": "0.423", "energy": "0.126"},
+          ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
+}
+# --quick: a tiny model, a few training steps and metric iterations (smoke test only)
+QUICK_TRAIN = ["--steps1", "30", "--steps2", "30", "--batch-size", "16",
+               *(f"--set={kv}" for kv in ("hidden=16", "enc_blocks=1", "code_dim=8",
+                                          "codebook_size=32", "d_model=32", "n_layer=1",
+                                          "n_head=2", "attn_heads=2"))]
+QUICK_ITERATIONS = {"discriminative": 20, "predictive": 20, "context_fid": 5}
+
+
+def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
+    """Published numbers for this window length: {(metric, method): {dataset: "mean±h"}}."""
+    if seq_len == 24:
+        return {k: dict(zip(NAMES, row.split())) for k, row in TABLE1.items()}
+    return TABLE2.get(seq_len, {})
+
+
+def git_commit() -> str:
+    """HEAD, with "-dirty" when tracked files differ from it ("unknown" outside a git checkout)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never touch the index
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fmt(mean: float, ci: float | None) -> str:
+    """0.123±.004, the paper's style."""
+    return f"{mean:.3f}" if ci is None else f"{mean:.3f}±{ci:.3f}".replace("±0.", "±.")
+
+
+def markdown(report: dict) -> str:
+    """The results table (metric x method rows, dataset columns) and the training summary."""
+    done = report["datasets"]
+    ref = reference(report["seq_len"])
+    names = list(done)
+    lines = [f"# TimeMAR sample quality, T = {report['seq_len']}", ""]
+    if report["quick"]:
+        lines += ["**Quick smoke run (tiny model, few steps and metric iterations): not a "
+                  "benchmark result.**", ""]
+    repeats = {r["repeats"] for r in done.values()}
+    lines += [f"Commit `{report['commit']}`, preset `{report['preset']}`, seed {report['seed']}, "
+              f"device {report['device']}, torch {report['torch']}, {report['created']}.",
+              f"All windows of each dataset in [0, 1] vs as many generated windows; "
+              f"mean ± 95% t half-width over {'/'.join(map(str, sorted(repeats))) or '?'} "
+              "repeats; lower is better. Reference rows: Diffusion-TS paper, Table 1 (T = 24) "
+              "or Table 2 (T = 64/128/256), copied in PROTOCOL.md section 2.6.", "",
+              "| metric | method | " + " | ".join(NAMES[n] for n in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for metric, label in METRIC_NAMES.items():
+        ours = [done[n]["metrics"].get(metric) for n in names]
+        lines.append(f"| {label} | {OURS} | "
+                     + " | ".join(fmt(m["mean"], m["ci95"]) if m else "—" for m in ours) + " |")
+        for (m, method), row in ref.items():
+            if m == metric:
+                lines.append(f"| {label} | {method} | "
+                             + " | ".join(row.get(n, "—") for n in names) + " |")
+    lines += ["", "| dataset | windows | train minutes | steps (stage 1 / 2) | sampling s | "
+              "checkpoint |", "|---|---|---|---|---|---|"]
+    for n, r in done.items():
+        lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
+                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
+                     f"{r['sample_seconds']:.1f} | `{Path(r['ckpt']).name}`"
+                     f"{' (reused)' if r['reused'] else ''} |")
+    if report["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{NAMES[n]} ({why})"
+                                             for n, why in report["skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def train(name: str, ckpt: Path, args: argparse.Namespace) -> None:
+    argv = ["train", "--data", name, "--seq-len", str(args.seq_len), "--preset", args.preset,
+            "--max-minutes", str(args.train_minutes), "--seed", str(args.seed),
+            "--device", args.device, "--out", str(ckpt), "--force"]
+    if args.data_dir:
+        argv += ["--data-dir", str(args.data_dir)]
+    if args.quick:
+        argv += QUICK_TRAIN
+    if args.quiet:
+        argv.append("--quiet")
+    rc = cli.main(argv)
+    if rc != 0:
+        raise SystemExit(f"{name}: training failed (exit code {rc}); see the error above")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", choices=NAMED, metavar="NAME", default=list(NAMES),
+                    help=f"datasets, in table order (default: {' '.join(NAMES)})")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="s", help="model size (default s)")
+    ap.add_argument("--seq-len", type=int, default=24, help="window length T (default 24)")
+    ap.add_argument("--train-minutes", type=float, default=30.0,
+                    help="training budget per dataset, passed to train --max-minutes (default 30)")
+    ap.add_argument("--data-dir", type=Path, help="folder holding the dataset files (default: "
+                    "$TIMEMAR_DATA_DIR or ../shared/datasets)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per metric (default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for training, sampling and metrics")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--ckpt-dir", type=Path, default=REPO / "bench" / "results" / "ckpts",
+                    help="where checkpoints go (default bench/results/ckpts, git-ignored)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use an existing checkpoint in --ckpt-dir instead of retraining")
+    ap.add_argument("--quick", action="store_true", help="tiny model, 30+30 training steps and a "
+                    "few metric iterations: a smoke test, not a result")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
+                    help="where quality_T{T}.json and .md go (default bench/results)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+
+    iterations = QUICK_ITERATIONS if args.quick else None
+    report = {"datasets": {}, "skipped": {}, "commit": git_commit(), "preset": args.preset,
+              "seed": args.seed, "seq_len": args.seq_len,
+              "device": str(resolve_device(args.device)), "torch": torch.__version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "quick": args.quick, "train_minutes_budget": args.train_minutes}
+    json_path = args.out_dir / f"quality_T{args.seq_len}.json"
+    md_path = json_path.with_suffix(".md")
+    for name in args.datasets:
+        try:
+            load_dataset(name, args.data_dir, seq_len=args.seq_len)
+        except DataError as e:
+            print(f"{name}: skipped: {e}", flush=True)
+            report["skipped"][name] = str(e)
+    todo = [n for n in args.datasets if n not in report["skipped"]]
+    for i, name in enumerate(todo, 1):
+        tag = f"[{i}/{len(todo)}] {name}"
+        ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{args.preset}_seed{args.seed}"
+                                f"{'_quick' if args.quick else ''}.pt")
+        reused = args.reuse and ckpt.exists()
+        if reused:
+            print(f"{tag}: reusing {ckpt}", flush=True)
+        else:
+            print(f"{tag}: training ({args.train_minutes:g} min budget) -> {ckpt}", flush=True)
+            train(name, ckpt, args)
+        engine = Engine.load(ckpt, device=args.device)
+        print(f"{tag}: sampling and scoring", flush=True)
+        result = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
+                                     seed=args.seed, iterations=iterations,
+                                     progress=not args.quiet)
+        print(format_table(result), flush=True)
+        meta = engine.meta
+        report["datasets"][name] = {
+            **result, "train_minutes": meta.get("train_minutes"), "reused": reused,
+            "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")}}
+        write_json(report, json_path)
+        md_path.write_text(markdown(report))
+    if not report["datasets"]:
+        print("no dataset was evaluated; nothing written")
+        return 1
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, tiny_config
+from timemar_engine.checkpoint import save_checkpoint
+from timemar_engine.cli import main as cli_main
+from timemar_engine.data import MinMaxScaler
+from timemar_engine.engine import Engine
+from timemar_engine.evaluation import evaluate_checkpoint, real_windows
+from timemar_engine.metrics import evaluate_arrays
+from timemar_engine.model import TimeMAR
+
+METRICS = ("discriminative", "predictive", "context_fid", "correlational")
+
+
+def load_quality():
+    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quality_quick_on_sines(tmp_path, capsys):
+    quality = load_quality()
+    out = tmp_path / "results"
+    rc = quality.main(["--quick", "--datasets", "sines", "stocks", "--data-dir",
+                       str(tmp_path / "no-data"), "--repeats", "2", "--device", "cpu",
+                       "--out-dir", str(out), "--ckpt-dir", str(tmp_path / "ckpts"), "--quiet"])
+    assert rc == 0
+    assert "stocks: skipped" in capsys.readouterr().out
+    report = json.loads((out / "quality_T24.json").read_text())
+    for key in ("commit", "preset", "seed", "seq_len", "device", "torch", "created"):
+        assert key in report
+    assert report["seq_len"] == 24 and report["quick"] is True
+    assert list(report["datasets"]) == ["sines"] and "not found" in report["skipped"]["stocks"]
+    sines = report["datasets"]["sines"]
+    assert sines["n_real"] == sines["n_fake"] == 10000 and sines["repeats"] == 2
+    assert sines["steps"] == {"stage1": 30, "stage2": 30} and sines["train_minutes"] >= 0
+    assert Path(sines["ckpt"]).parent == tmp_path / "ckpts" and Path(sines["ckpt"]).exists()
+    for name in METRICS:
+        m = sines["metrics"][name]
+        assert len(m["runs"]) == 2 and math.isfinite(m["mean"]) and math.isfinite(m["ci95"])
+
+    md = (out / "quality_T24.md").read_text()
+    assert "| metric | method | Sines |" in md and "Skipped: Stocks" in md
+    for row in ("| Context-FID | TimeMAR (ours) | ", "| Context-FID | Diffusion-TS | 0.006±.000 |",
+                "| Discriminative | TimeGAN | 0.011±.008 |",
+                "| Predictive | Original (real data) | 0.094±.001 |"):
+        assert row in md
+    assert sum(line.startswith("| ") and "TimeMAR" in line for line in md.splitlines()) == 4
+
+
+def test_quality_reference_matches_protocol_table():
+    ref = load_quality().reference(24)
+    assert len(ref) == 7 and all(len(row) == 6 for row in ref.values())
+    assert ref[("correlational", "Diffusion-TS")]["fmri"] == "1.411±.042"
+    assert ref[("context_fid", "TimeGAN")]["mujoco"] == "0.563±.052"
+
+
+@pytest.fixture
+def ckpt_and_csv(tmp_path, rng):
+    model = TimeMAR(tiny_config())
+    scaler = MinMaxScaler(np.zeros(3), np.full(3, 5.0))
+    save_checkpoint(tmp_path / "m.pt", model, scaler, ["x", "y", "z"], {"dataset": "walk"})
+    csv = tmp_path / "walk.csv"
+    pd.DataFrame(np.cumsum(rng.normal(size=(80, 3)), axis=0), columns=["x", "y", "z"]).to_csv(
+        csv, index=False)
+    return tmp_path / "m.pt", csv
+
+
+def test_evaluate_checkpoint_scores_samples_with_the_real_scaler(ckpt_and_csv, tmp_path):
+    ckpt, csv = ckpt_and_csv
+    engine = Engine.load(ckpt, device="cpu")
+    res = evaluate_checkpoint(engine, str(csv), n=40, metrics=("correlational",), repeats=2,
+                              seed=3, progress=False)
+    assert res["n_real"] == 57 and res["n_fake"] == 40 and res["dataset"] == str(csv)
+    assert res["ckpt"] == str(ckpt) and res["device"] == "cpu" and res["sample_seconds"] > 0
+    real, scaler = real_windows(str(csv), None, 24)
+    fake = scaler.to_unit(engine.sample(40, seed=3).astype(np.float64))
+    ref = evaluate_arrays(real, fake, metrics=("correlational",), repeats=2, seed=3,
+                          progress=False)
+    assert res["metrics"] == ref["metrics"]
+    # the CLI goes through the same function
+    out = tmp_path / "e.json"
+    assert cli_main(["evaluate", "--ckpt", str(ckpt), "--data", str(csv), "--n", "40", "--seed",
+                     "3", "--repeats", "2", "--metrics", "correlational", "--device", "cpu",
+                     "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["metrics"] == ref["metrics"]
+
+
+def test_evaluate_checkpoint_channel_mismatch(ckpt_and_csv, tmp_path, capsys):
+    ckpt, _ = ckpt_and_csv
+    two = tmp_path / "two.csv"
+    pd.DataFrame(np.random.default_rng(0).normal(size=(40, 2)), columns=["a", "b"]).to_csv(
+        two, index=False)
+    assert cli_main(["evaluate", "--ckpt", str(ckpt), "--data", str(two), "--quiet"]) == 2
+    assert "2 channels, the model 3" in capsys.readouterr().err
