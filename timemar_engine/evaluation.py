@@ -107,12 +107,11 @@ def write_json(result: dict, path: str | Path) -> None:
 def window_stats(windows: np.ndarray) -> dict[str, np.ndarray]:
     """Per-channel mean, std and lag-1 autocorrelation of (N, T, C) windows.
 
-    The autocorrelation is pooled: deviations from the channel's overall mean, products of
-    consecutive steps averaged over all windows, divided by the overall variance."""
+    The autocorrelation is the Pearson correlation of all (x_t, x_{t+1}) pairs inside windows."""
     w = np.asarray(windows, dtype=np.float64)
-    mean = w.mean(axis=(0, 1))
-    std = w.std(axis=(0, 1))
-    d = w - mean
-    var = np.where(std > 0, std**2, 1.0)
-    lag1 = (d[:, 1:] * d[:, :-1]).mean(axis=(0, 1)) / var
-    return {"mean": mean, "std": std, "lag1": lag1}
+    a = w[:, :-1].reshape(-1, w.shape[2])
+    b = w[:, 1:].reshape(-1, w.shape[2])
+    a, b = a - a.mean(0), b - b.mean(0)
+    denom = np.sqrt((a * a).mean(0) * (b * b).mean(0))
+    lag1 = np.where(denom > 0, (a * b).mean(0) / np.where(denom > 0, denom, 1), 0.0)
+    return {"mean": w.mean(axis=(0, 1)), "std": w.std(axis=(0, 1)), "lag1": lag1}
