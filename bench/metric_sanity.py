@@ -28,8 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from timemar_engine.data import load_dataset, prepare      # noqa: E402
-from timemar_engine.evaluation import NAMED                 # noqa: E402
+from timemar_engine.data import NAMED, load_dataset, prepare  # noqa: E402
 from timemar_engine.metrics import evaluate_arrays          # noqa: E402
 from timemar_engine.plots import plot_evaluation            # noqa: E402
 

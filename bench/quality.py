@@ -23,9 +23,9 @@ import torch
 
 from timemar_engine import cli
 from timemar_engine.config import PRESETS
-from timemar_engine.data import DataError, load_dataset
+from timemar_engine.data import NAMED, DataError, load_dataset
 from timemar_engine.engine import Engine, resolve_device
-from timemar_engine.evaluation import NAMED, evaluate_checkpoint, format_table, write_json
+from timemar_engine.evaluation import evaluate_checkpoint, format_table, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = {"sines": "Sines", "stocks": "Stocks", "etth": "ETTh", "mujoco": "MuJoCo",

@@ -165,7 +165,7 @@ def cmd_train(args) -> int:
 
     from .checkpoint import read_checkpoint
     from .config import ModelConfig, TrainConfig, preset
-    from .data import MinMaxScaler, load_dataset, load_file, make_windows
+    from .data import MinMaxScaler, load_any, make_windows
     from .engine import resolve_device
     from .model import TimeMAR
     from .training import Trainer
@@ -175,11 +175,7 @@ def cmd_train(args) -> int:
         raise UsageError("--stage 2 needs --resume CKPT (a checkpoint with stage 1 done)")
     if out.exists() and not args.force and not (args.resume and Path(args.resume) == out):
         raise UsageError(f"{out} exists; pass --force to overwrite it")
-    known = {"sines", "stocks", "etth", "energy", "fmri", "mujoco"}
-    if args.data.lower() in known:
-        series = load_dataset(args.data, args.data_dir, nan=args.nan, seq_len=args.seq_len)
-    else:
-        series = load_file(args.data, variable=args.variable, nan=args.nan)
+    series = load_any(args.data, args.data_dir, args.variable, args.nan, args.seq_len)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     tcfg = TrainConfig(batch_size=args.batch_size, stage1_steps=args.steps1,
@@ -250,7 +246,7 @@ def cmd_sample(args) -> int:
 
 def default_real_data(meta: dict) -> str | None:
     """The data a checkpoint was trained on: a named dataset, or the file path it was given."""
-    from .evaluation import NAMED
+    from .data import NAMED
 
     name, source = meta.get("dataset"), meta.get("source")
     if name in NAMED:

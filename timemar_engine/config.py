@@ -107,7 +107,8 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, seq_len: int, channels: int, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return ModelConfig(seq_len=seq_len, channels=channels, **{**PRESETS[name], **overrides})
+    return ModelConfig.from_dict({"seq_len": seq_len, "channels": channels, **PRESETS[name],
+                                  **overrides})
 
 
 @dataclass

@@ -37,6 +37,9 @@ DATASETS: dict[str, dict] = {
 }
 
 
+NAMED = ("sines", *DATASETS)
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("TIMEMAR_DATA_DIR", "../shared/datasets"))
 
@@ -77,6 +80,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, nan: str 
             return series
     raise DataError(f"dataset {name!r} not found: looked for {', '.join(files)} under {base} "
                     "(set --data-dir or TIMEMAR_DATA_DIR)")
+
+
+def load_any(data: str, data_dir: str | os.PathLike | None = None, variable: str | None = None,
+             nan: str = "error", seq_len: int = 24) -> Series:
+    """A named dataset (see NAMED) or, for anything else, a file path."""
+    if data.lower() in NAMED:
+        return load_dataset(data, data_dir, nan=nan, seq_len=seq_len)
+    return load_file(data, variable=variable, nan=nan)
 
 
 def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "error",

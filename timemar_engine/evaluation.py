@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from .data import DataError, MinMaxScaler, load_dataset, load_file, prepare
+from .data import DataError, MinMaxScaler, load_any, prepare
 from .metrics.report import METRICS, evaluate_arrays
 
 if TYPE_CHECKING:
@@ -16,15 +16,10 @@ if TYPE_CHECKING:
 
     from .engine import Engine
 
-NAMED = ("sines", "stocks", "etth", "energy", "fmri", "mujoco")
-
-
 def real_windows(data: str, data_dir: str | Path | None, seq_len: int, variable: str | None = None
                  ) -> tuple[np.ndarray, MinMaxScaler]:
     """Real windows in [0, 1] (the protocol's real set) and their scaler."""
-    series = (load_dataset(data, data_dir, seq_len=seq_len) if data.lower() in NAMED
-              else load_file(data, variable=variable))
-    return prepare(series, seq_len)
+    return prepare(load_any(data, data_dir, variable, seq_len=seq_len), seq_len)
 
 
 def load_windows(path: str | Path) -> np.ndarray:
