@@ -195,3 +195,24 @@ def test_stage1_training_reduces_reconstruction_error_on_real_data(datasets_dir)
     assert len(tr.meta["stage1"]["perplexity"]) == len(cfg.scales)
     tokens = tokenize(model, data[:10], "cpu")
     assert tokens.shape == (10, cfg.n_tokens) and tokens.max() < cfg.codebook_size
+
+
+def test_step_budget_fits_the_time_and_schedule(monkeypatch):
+    from timemar_engine import training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    b = training.StepBudget(1000, warmup=10, seconds=100.0)
+    assert b.lr_factor(0) == pytest.approx(0.1) and b.lr_factor(9) == pytest.approx(1.0)
+    for step in range(1, 21):
+        clock[0] += 0.5  # 0.5 s per step: 200 steps fit in 100 s
+        b.observe(step, 0)
+    assert b.total == 200
+    for step in range(21, 201):
+        clock[0] += 0.25  # faster now: the total grows back towards the request
+        b.observe(step, 0)
+    assert 200 < b.total <= 1000
+    assert b.lr_factor(b.total) == pytest.approx(0.1)
+    assert not b.out_of_time()
+    clock[0] = 100.5
+    assert b.out_of_time()

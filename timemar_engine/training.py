@@ -25,7 +25,8 @@ class StepBudget:
     the learning-rate schedule (linear warm-up, cosine decay to 10%) follows the shrunk total."""
 
     def __init__(self, total: int, warmup: int, seconds: float | None):
-        self.total, self.warmup, self.seconds = total, warmup, seconds
+        self.requested = self.total = total
+        self.warmup, self.seconds = warmup, seconds
         self.t0 = time.perf_counter()
 
     def lr_factor(self, step: int) -> float:
@@ -35,13 +36,14 @@ class StepBudget:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     def observe(self, step: int, first_step: int) -> None:
-        """After a few steps, cap the total by what fits in the time budget."""
+        """At step 20 and every 200 steps after, cap the total by what fits in the time budget
+        at the average speed so far (it can grow back to the requested count)."""
         done = step - first_step
-        if self.seconds is None or done != 20:
+        if self.seconds is None or done < 20 or (done != 20 and done % 200):
             return
-        per_step = (time.perf_counter() - self.t0) / done
-        fits = step + int((self.seconds - (time.perf_counter() - self.t0)) / per_step)
-        self.total = max(step, min(self.total, fits))
+        elapsed = time.perf_counter() - self.t0
+        fits = step + int((self.seconds - elapsed) / (elapsed / done))
+        self.total = max(step, min(self.requested, fits))
 
     def out_of_time(self) -> bool:
         return self.seconds is not None and time.perf_counter() - self.t0 > self.seconds
