@@ -1,6 +1,7 @@
 """`timemar-engine evaluate`: score a checkpoint (or any two arrays) with the protocol metrics."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ def score_windows(real: np.ndarray, fake: np.ndarray, *, metrics: Sequence[str] 
                   iterations: Mapping[str, int] | None = None, plot: str | Path | None = None,
                   progress: bool = True) -> dict:
     """`evaluate_arrays` on [0, 1] windows, plus the device and, with `plot`, the plot paths."""
+    if plot and not all(importlib.util.find_spec(m) for m in ("matplotlib", "sklearn")):
+        raise DataError("--plot needs matplotlib and scikit-learn: pip install timemar-engine[eval]")
     result = evaluate_arrays(real, fake, metrics=metrics, repeats=repeats, seed=seed,
                              device=device, progress=progress, iterations=iterations)
     result["device"] = str(device)

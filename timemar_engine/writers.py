@@ -27,6 +27,23 @@ def _long_table(chunk: np.ndarray, first: int, channels: list[str]):
     return df
 
 
+def write_npy_chunks(path: str, shape: tuple[int, int, int], chunks: Iterable[np.ndarray]) -> int:
+    """Write a float32 .npy of `shape` chunk by chunk, each through its own short-lived memory
+    map, so resident memory stays at one chunk however large the file. Returns windows written."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    offset, row = header.offset, int(np.prod(shape[1:])) * 4
+    del header
+    done = 0
+    for chunk in chunks:
+        view = np.memmap(path, dtype=np.float32, mode="r+", offset=offset + done * row,
+                         shape=chunk.shape)
+        view[:] = chunk
+        view.flush()
+        del view
+        done += len(chunk)
+    return done
+
+
 def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
                  chunks: Iterable[np.ndarray], channels: list[str], overwrite: bool = False) -> Path:
     """Write chunks (b, T, C) adding up to shape[0] windows; temp file + rename, never partial."""
@@ -46,13 +63,7 @@ def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
     os.close(fd)
     try:
         if fmt == "npy":
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            done = 0
-            for chunk in chunks:
-                out[done:done + len(chunk)] = chunk
-                done += len(chunk)
-            out.flush()
-            del out
+            done = write_npy_chunks(tmp, shape, chunks)
         elif fmt == "csv":
             done = 0
             with open(tmp, "w", newline="") as fh:
