@@ -216,3 +216,21 @@ def test_step_budget_fits_the_time_and_schedule(monkeypatch):
     assert not b.out_of_time()
     clock[0] = 100.5
     assert b.out_of_time()
+
+
+def test_dead_codes_are_restarted_on_recent_residuals():
+    m = TimeMAR(tiny_config(codebook_size=64))
+    q = m.vqvae.quant.train()
+    f = torch.randn(8, q.dim, q.latent_len) * 3 + 5  # far from the initial codebook
+    q(f)
+    used = q.usage > 0
+    assert 0 < used.sum() < 64
+    before = q.codebook.weight.detach().clone()
+    n = q.restart_dead_codes()
+    after = q.codebook.weight.detach()
+    assert n == int((~used).sum())
+    assert torch.equal(after[used], before[used])
+    # every restarted code now sits next to one of the residual vectors seen in that forward
+    d = torch.cdist(after[~used], q.recent_residuals).min(1).values
+    assert (d < 0.2 * q.recent_residuals.std() * q.dim ** 0.5).all()
+    assert (q.usage == 0).all()

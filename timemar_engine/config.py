@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def default_scales(seq_len: int) -> tuple[int, ...]:
@@ -127,4 +127,3 @@ class TrainConfig:
     max_minutes: float | None = None
     dead_code_every: int = 100
     log_every: int = 50
-    extra: dict = field(default_factory=dict)

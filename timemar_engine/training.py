@@ -124,7 +124,7 @@ class Trainer:
         self.scaler, self.channels, self.progress = scaler, channels, progress
         self.meta = meta or {}
         self.meta.setdefault("history", {})
-        self.meta["train_config"] = {k: v for k, v in asdict(tcfg).items() if k != "extra"}
+        self.meta["train_config"] = asdict(tcfg)
         self.meta["n_windows"] = len(self.data)
         self.gen = torch.Generator().manual_seed(tcfg.seed)
         self._last_save = time.perf_counter()
@@ -136,7 +136,7 @@ class Trainer:
     def run(self, stages: tuple[int, ...], resume: dict | None = None) -> dict:
         budget = self.tcfg.max_minutes * 60 if self.tcfg.max_minutes else None
         t0 = time.perf_counter()
-        for i, stage in enumerate(stages):
+        for stage in stages:
             if resume and resume.get("stage", 0) > stage:
                 continue
             seconds = None
@@ -193,11 +193,13 @@ class Trainer:
         revived = [0]
 
         def step_fn(idx, step, total):
+            # revive codes unused since the last check (after the previous optimizer step,
+            # never in the last 20% of the stage so the decoder can settle)
+            if step and step % tcfg.dead_code_every == 0 and step < 0.8 * total:
+                revived[0] += vq.quant.restart_dead_codes()
             out = vq(self.data[idx].to(self.device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(vq.parameters(), tcfg.grad_clip)
-            if (step + 1) % tcfg.dead_code_every == 0 and step < 0.8 * total:
-                revived[0] += vq.quant.restart_dead_codes()
             ppl = torch.tensor([perplexity(i, self.model.cfg.codebook_size)[0] for i in out.indices])
             return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()},
                     "perplexity": ppl}
