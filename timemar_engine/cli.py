@@ -31,6 +31,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
+    from .metrics.report import METRICS
 
     p = argparse.ArgumentParser(
         prog="timemar-engine", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "[0, 1]; otherwise both are min-max scaled by the real array's channel ranges")
     e.add_argument("--n", type=_positive_int, help="windows to sample (default: as many as real)")
     e.add_argument("--repeats", type=_positive_int, default=5, help="repeats per metric (default 5)")
-    e.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRIC_NAMES),
+    e.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
                    help="which metrics (default: all four)")
     e.add_argument("--iterations", action="append", default=[], metavar="METRIC=N",
                    help="override a metric's training iterations (protocol: discriminative=2000, "
@@ -142,9 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--ckpt", help="checkpoint (default: the packaged default model)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
-
-
-METRIC_NAMES = ("discriminative", "predictive", "context_fid", "correlational")
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from .engine import Engine
 
+
 def real_windows(data: str, data_dir: str | Path | None, seq_len: int, variable: str | None = None
                  ) -> tuple[np.ndarray, MinMaxScaler]:
     """Real windows in [0, 1] (the protocol's real set) and their scaler."""

@@ -7,24 +7,17 @@ change), so it works headless and inside other programs.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .metrics._common import one_blas_thread
+
 __all__ = ["plot_evaluation"]
 
 _REAL, _FAKE = "tab:red", "tab:blue"
-
-
-def _blas_threads(n: int):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(n)
 
 
 def _check(real, fake):
@@ -114,7 +107,7 @@ def plot_evaluation(real, fake, path, seed: int = 0, max_points: int = 1000, *,
 
     both = np.concatenate([vr, vf])
     perplexity = float(min(40.0, max(1.0, (2 * n - 1) / 3)))
-    with _blas_threads(1):   # OpenMP/BLAS threads can spin for seconds on a busy machine
+    with one_blas_thread():
         emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                    max_iter=max(250, tsne_iter)).fit_transform(both)
     axes[1].scatter(emb[:n, 0], emb[:n, 1], s=6, alpha=0.3, c=_REAL, label="real")

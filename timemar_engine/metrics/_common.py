@@ -8,6 +8,7 @@ repeat is trained exactly as if it were alone (up to floating-point rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Sequence
@@ -15,7 +16,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["validate_pair", "as_device", "progress_bar", "StackedGRU"]
+__all__ = ["validate_pair", "as_device", "progress_bar", "StackedGRU", "one_blas_thread"]
+
+
+def one_blas_thread():
+    """Limit BLAS/OpenMP pools to one thread inside a `with` block (no-op without threadpoolctl).
+
+    Small dense work (sqrtm of 320 x 320, t-SNE) takes milliseconds on one thread but can take
+    seconds with several spinning threads on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
 
 
 def validate_pair(real, fake, *, min_n: int = 1, min_t: int = 1, min_c: int = 1,

@@ -13,15 +13,13 @@ dilations 32..1024 exceed T.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import as_device, progress_bar, validate_pair
+from ._common import as_device, one_blas_thread, progress_bar, validate_pair
 
 __all__ = ["context_fid", "frechet_distance", "TSEncoder", "hierarchical_contrastive_loss",
            "train_ts2vec", "encode"]
@@ -185,16 +183,6 @@ def encode(model: nn.Module, x: np.ndarray, device, batch: int = 2048) -> np.nda
     return np.concatenate(outs)
 
 
-def _one_blas_thread():
-    # sqrtm of a 320x320 matrix takes ~20 ms on one thread, but multi-threaded OpenBLAS can take
-    # seconds on a busy machine (spinning threads); one thread is always fast enough here.
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrtm(S_a S_b)), unbiased covariances (np.cov),
     scipy.linalg.sqrtm, real part kept if complex."""
@@ -203,7 +191,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"frechet_distance: need two 2-D arrays with equal width; got {a.shape}, {b.shape}")
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("frechet_distance: need at least 2 rows per set")
-    with _one_blas_thread():
+    with one_blas_thread():
         mu_a, mu_b = a.mean(0), b.mean(0)
         s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
         covmean = scipy.linalg.sqrtm(s_a @ s_b)
