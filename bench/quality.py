@@ -24,7 +24,8 @@ import torch
 from timemar_engine import cli
 from timemar_engine.config import PRESETS
 from timemar_engine.data import NAMED, DataError, load_dataset
-from timemar_engine.engine import Engine, resolve_device
+from timemar_engine.backends import resolve_device
+from timemar_engine.engine import Engine
 from timemar_engine.evaluation import evaluate_checkpoint, format_table, write_json
 
 REPO = Path(__file__).resolve().parent.parent

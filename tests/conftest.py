@@ -1,9 +1,16 @@
 import os
+
+import torch
+
+# Triton kernels run in the interpreter (CPU tensors) when there is no GPU; this must be set before
+# any kernel module is imported, because @triton.jit picks the mode when it decorates.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from timemar_engine.config import ModelConfig
 

@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.npy", help="output path (default samples.npy)")
     s.add_argument("--format", choices=("npy", "csv", "parquet"),
                    help="output format (default: from the --out extension, else npy)")
-    s.add_argument("--batch-size", type=_positive_int, help="windows per batch (default 2048 on "
-                   "CPU, 4096 on CUDA); the same seed and batch size give the same samples")
+    s.add_argument("--batch-size", type=_positive_int, help="windows per batch (default: 4096 on "
+                   "CUDA; on CPU 256 for the engine, 2048 for eager); the same seed, batch size, "
+                   "device and backend give the same samples")
     s.add_argument("--seed", type=int, help="random seed (default: random)")
     s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
     s.add_argument("--top-k", type=_positive_int, help="keep the k most likely codes")
@@ -96,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", choices=("data", "unit", "model"), default="data",
                    help="data units (default), unit = [0, 1] per channel, model = [-1, 1]")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    s.add_argument("--backend", default="eager", choices=("eager", "auto"),
-                   help="sampling backend (eager: the plain PyTorch reference path)")
+    s.add_argument("--backend", default="auto", choices=("auto", "engine", "eager"),
+                   help="sampling backend: auto (default: the fastest correct one on this "
+                   "device), engine (preallocated static-shape loop; on CUDA bf16, Triton "
+                   "attention and CUDA graphs) or eager (the plain PyTorch reference path)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -164,7 +167,7 @@ def cmd_train(args) -> int:
     from .checkpoint import read_checkpoint
     from .config import ModelConfig, TrainConfig, preset
     from .data import MinMaxScaler, load_any, make_windows
-    from .engine import resolve_device
+    from .backends import resolve_device
     from .model import TimeMAR
     from .training import Trainer
 
@@ -253,7 +256,8 @@ def default_real_data(meta: dict) -> str | None:
 
 
 def cmd_evaluate(args) -> int:
-    from .engine import Engine, resolve_device
+    from .backends import resolve_device
+    from .engine import Engine
     from .evaluation import (evaluate_checkpoint, format_table, load_windows, scale_pair,
                              score_windows, write_json)
 

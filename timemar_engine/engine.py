@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import backends
+from .backends import resolve_device
 from .checkpoint import load_checkpoint
+from .fast_sampling import FastSampler
 from .sampling import generate
 from .writers import guess_format, write_chunks
 
-BACKENDS = ("eager", "auto")
 SCALES = ("data", "unit", "model")
 
 
@@ -23,17 +25,12 @@ def default_checkpoint() -> Path:
     return Path(str(resources.files("timemar_engine") / "assets" / "default.pt"))
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
-    return dev
-
-
-def default_batch_size(device: torch.device) -> int:
-    return 4096 if device.type == "cuda" else 2048
+def default_batch_size(device: torch.device, backend: str = "eager") -> int:
+    """Windows per generate call: large on CUDA; on CPU the engine works best on batches whose
+    activations stay in cache (measured in bench/test_bench_sampling.py)."""
+    if device.type == "cuda":
+        return 4096
+    return 256 if backend == "engine" else 2048
 
 
 def check_count(n) -> None:
@@ -49,17 +46,18 @@ class Engine:
         self.model, self.scaler, self.channels, self.meta = model, scaler, channels, meta
         self.device, self.backend, self.path = device, backend, path
         self.cfg = model.cfg
+        self._sampler = FastSampler(model, device) if backend == "engine" else None
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
-             backend: str = "eager") -> "Engine":
-        """Load a checkpoint (None: the packaged default model) onto device ('auto', 'cpu', 'cuda')."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+             backend: str = "auto") -> "Engine":
+        """Load a checkpoint (None: the packaged default model) onto device ('auto', 'cpu', 'cuda')
+        with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager')."""
         dev = resolve_device(device)
+        backend = backends.resolve_backend(backend, dev)
         path = Path(path) if path is not None else default_checkpoint()
         model, scaler, channels, meta, _ = load_checkpoint(path, dev)
-        return cls(model, scaler, channels, meta, dev, "eager", path)
+        return cls(model, scaler, channels, meta, dev, backend, path)
 
     @property
     def seq_len(self) -> int:
@@ -70,6 +68,8 @@ class Engine:
             "path": str(self.path),
             "device": str(self.device),
             "backend": self.backend,
+            "backends_available": backends.available_backends(self.device),
+            "triton": backends.triton_available(),
             "seq_len": self.cfg.seq_len,
             "channels": self.channels,
             "scales": list(self.cfg.scales),
@@ -85,7 +85,7 @@ class Engine:
         check_count(n)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        batch_size = batch_size or default_batch_size(self.device)
+        batch_size = batch_size or default_batch_size(self.device, self.backend)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         gen = torch.Generator(self.device)
@@ -96,13 +96,13 @@ class Engine:
         done = 0
         while done < n:
             b = min(batch_size, n - done)
-            x = generate(self.model, b, gen, temperature=temperature, top_k=top_k, top_p=top_p)
-            x = x.float().cpu().numpy()
-            if scale != "model":
-                x = (x + 1) / 2
-                if scale == "data":
-                    x = self.scaler.from_unit(x)
-            yield x.astype(np.float32, copy=False)
+            if self._sampler is not None:
+                x = self._sampler.generate(b, gen, temperature=temperature, top_k=top_k,
+                                           top_p=top_p)
+            else:
+                x = generate(self.model, b, gen, temperature=temperature, top_k=top_k,
+                             top_p=top_p)
+            yield self._to_scale(x, scale)
             done += b
 
     def sample(self, n: int, batch_size: int | None = None, seed: int | None = None,
@@ -129,6 +129,58 @@ class Engine:
         chunks = self.iter_batches(n, batch_size, seed, temperature, top_k, top_p, scale)
         return write_chunks(path, fmt or guess_format(path), (n, self.seq_len, len(self.channels)),
                             with_progress(chunks, n, progress), self.channels, overwrite)
+
+
+    def encode(self, windows: np.ndarray, batch_size: int = 4096,
+               scale: str = "data") -> list[np.ndarray]:
+        """Token maps of given windows (n, T, C), the inverse of sampling: K int64 arrays
+        (n, s_k). `scale` says what units the windows are in ('data', 'unit' or 'model')."""
+        x = np.asarray(windows)
+        T, C = self.seq_len, len(self.channels)
+        if x.ndim != 3 or x.shape[1:] != (T, C):
+            raise ValueError(f"windows must have shape (n, {T}, {C}), got {x.shape}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if not np.isfinite(x).all():
+            raise ValueError("windows contain NaN or inf")
+        if scale == "data":
+            x = self.scaler.to_unit(x)
+        if scale != "model":
+            x = x * 2 - 1
+        parts: list[list[np.ndarray]] = [[] for _ in self.cfg.scales]
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = torch.as_tensor(x[i:i + batch_size], dtype=torch.float32, device=self.device)
+                for k, idx in enumerate(self.model.vqvae.tokenize(xb)):
+                    parts[k].append(idx.cpu().numpy())
+        return [np.concatenate(p) if p else np.zeros((0, s), np.int64)
+                for p, s in zip(parts, self.cfg.scales)]
+
+    def decode(self, indices: list[np.ndarray], scale: str = "data") -> np.ndarray:
+        """Windows (n, T, C) float32 from K token maps (n, s_k), as `encode` returns them."""
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        scales, V = self.cfg.scales, self.cfg.codebook_size
+        if len(indices) != len(scales):
+            raise ValueError(f"expected {len(scales)} token maps, got {len(indices)}")
+        idx = [torch.as_tensor(np.asarray(a), device=self.device).long() for a in indices]
+        for k, (a, s) in enumerate(zip(idx, scales)):
+            if a.ndim != 2 or a.shape != (len(idx[0]), s):
+                raise ValueError(f"token map {k} must have shape (n, {s}), got {tuple(a.shape)}")
+            if a.numel() and (a.min() < 0 or a.max() >= V):
+                raise ValueError(f"token map {k} has indices outside [0, {V})")
+        with torch.no_grad():
+            x = self.model.vqvae.decode(self.model.vqvae.quant.decode_indices(idx)).clamp_(-1, 1)
+        return self._to_scale(x, scale)
+
+    def _to_scale(self, x: torch.Tensor, scale: str) -> np.ndarray:
+        """Model-scale windows to numpy float32 in the requested scale."""
+        x = x.float().cpu().numpy()
+        if scale != "model":
+            x = (x + 1) / 2
+            if scale == "data":
+                x = self.scaler.from_unit(x)
+        return x.astype(np.float32, copy=False)
 
 
 def with_progress(chunks: Iterator[np.ndarray], n: int, progress: bool) -> Iterator[np.ndarray]:

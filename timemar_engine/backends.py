@@ -1,0 +1,113 @@
+"""Backend dispatch, in one place: devices, sampling backends, kernels and NVTX ranges.
+
+- device: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N';
+- sampling backend: 'eager' (the plain PyTorch reference), 'engine' (preallocated, static-shape
+  loop; on CUDA bf16 + Triton attention + CUDA graphs) or 'auto' (the fastest correct one here);
+- kernels: Triton on CUDA; PyTorch CPU paths elsewhere. Tests run the Triton kernels on CPU tensors
+  with TRITON_INTERPRET=1 (set before the kernel modules are imported) by calling them directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "eager", "engine")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> cuda if available else cpu; a CUDA device where there is none is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
+    return dev
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_usable(device: torch.device) -> bool:
+    """Production paths use Triton on CUDA only; the interpreter (TRITON_INTERPRET=1) is for the
+    kernel tests, which call the kernel modules directly."""
+    return device.type == "cuda" and triton_available()
+
+
+def engine_unavailable_reason(device: torch.device) -> str | None:
+    """Why the engine backend cannot run on device, or None when it can."""
+    if device.type == "cuda" and not triton_available():
+        return "the engine on CUDA needs triton: pip install 'timemar-engine[gpu]'"
+    return None
+
+
+def available_backends(device: torch.device) -> list[str]:
+    return ["eager"] + ([] if engine_unavailable_reason(device) else ["engine"])
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> the fastest correct backend for device; unknown or unusable names are errors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "engine" if engine_unavailable_reason(device) is None else "eager"
+    reason = engine_unavailable_reason(device) if backend == "engine" else None
+    if reason:
+        raise ValueError(f"backend 'engine' cannot run on {device}: {reason}; "
+                         f"available here: {', '.join(available_backends(device))}")
+    return backend
+
+
+def cuda_graphs_enabled() -> bool:
+    """CUDA graphs in the engine; TIMEMAR_CUDA_GRAPHS=0 turns them off (debugging, profiling)."""
+    return os.environ.get("TIMEMAR_CUDA_GRAPHS", "1") != "0"
+
+
+def sdpa_cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          kv_len: int) -> torch.Tensor:
+    """Queries (B, H, s, D) against the first kv_len cached keys/values, no mask (SDPA)."""
+    return F.scaled_dot_product_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len])
+
+
+def cached_attention_for(device: torch.device) -> Callable:
+    """The engine's cached attention: the Triton kernel where it runs, else SDPA."""
+    if _triton_usable(device):
+        from .kernels.attention import cached_attention
+        return cached_attention
+    return sdpa_cached_attention
+
+
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest-code indices of rows x (N, D): the Triton kernel where it runs, else the chunked
+    CPU path; both use |e|^2 - 2 x.e in fp32 and give ties to the lowest index."""
+    if _triton_usable(x.device):
+        from .kernels.codebook import nearest_code_triton
+        return nearest_code_triton(x, codebook)
+    from .kernels.codebook import nearest_code_cpu
+    return nearest_code_cpu(x, codebook)
+
+
+def _nvtx():
+    if not torch.cuda.is_available() or importlib.util.find_spec("nvtx") is None:
+        return None
+    import nvtx
+    return nvtx
+
+
+_NVTX = _nvtx()
+
+
+def nvtx_range(name: str):
+    """An NVTX range (visible in Nsight Systems) when the nvtx package is installed and CUDA is
+    present; a free no-op otherwise."""
+    return _NVTX.annotate(name, domain="timemar") if _NVTX else contextlib.nullcontext()

@@ -1,0 +1,184 @@
+"""The engine's sampling loop: next-scale sampling with preallocated buffers and static shapes.
+
+Same model and distribution as `sampling.generate`, computed differently:
+- scale 1 is the start token alone, so its logits and keys/values are computed once for one row
+  and broadcast to the batch;
+- every transformer buffer (activations, KV cache) is allocated once per batch size and reused;
+  residual adds and biases go through in-place `addmm_` / `add_` (no fresh pages per step);
+- tokens are drawn by inverse CDF from one uniform per token (softmax -> cumsum -> searchsorted)
+  instead of `multinomial`, which draws V random numbers per row; no host synchronisation;
+- on CUDA the transformer runs in bf16 (logits in fp32) with the Triton cached-attention kernel,
+  and the whole batch (all scales and the decoder) is captured in one CUDA graph per batch size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .decompose import area_resize
+from .model import TimeMAR
+from .sampling import filter_logits
+
+
+def draw_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: for logits (N, V) fp32 and uniforms (N,) in [0, 1), the first index whose
+    cumulative probability exceeds u. Zero-probability (-inf) entries are never chosen."""
+    w = (logits - logits.amax(-1, keepdim=True)).exp_()
+    cdf = w.cumsum_(-1)
+    target = uniforms.unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).clamp_(max=logits.shape[-1] - 1).squeeze(-1)
+
+
+class _Buffers:
+    """Activations and the KV cache of one batch size, allocated once (row r * s + t holds
+    position t of window r)."""
+
+    def __init__(self, model: TimeMAR, batch: int, dtype: torch.dtype, device: torch.device):
+        cfg = model.cfg
+        d, L, s_max = cfg.d_model, cfg.n_tokens, max(cfg.scales)
+        kw = dict(device=device, dtype=dtype)
+        self.batch = batch
+        self.x = torch.empty(batch * s_max, d, **kw)
+        self.qkv = torch.empty(batch * s_max, 3 * d, **kw)
+        self.attn = torch.empty(batch * s_max, d, **kw)
+        self.mlp = torch.empty(batch * s_max, 4 * d, **kw)
+        self.k = torch.empty(cfg.n_layer, batch, L, d, **kw)
+        self.v = torch.empty_like(self.k)
+
+
+class FastSampler:
+    """Sample windows (B, T, C) in model scale [-1, 1]; buffers are kept per batch size."""
+
+    def __init__(self, model: TimeMAR, device: torch.device):
+        self.model, self.device = model, device
+        self.cfg = cfg = model.cfg
+        self.gpt_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        gpt = model.gpt
+        self.w = [self._block_weights(b) for b in gpt.blocks]
+        self.offsets = gpt.offsets
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.attention = backends.cached_attention_for(device)
+        # per-position additive embedding (pos + level), in the transformer dtype
+        self.pos = (gpt.pos_embed[0] + gpt.lvl_embed(gpt.level)).to(self.gpt_dtype).detach()
+        self.word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
+        self.word_b = gpt.word_embed.bias.detach().to(self.gpt_dtype)
+        self.start = gpt.start_token[0].detach().to(self.gpt_dtype)
+        self.ln_f, self.head = gpt.ln_f, gpt.head  # logits in fp32
+        self._buffers: dict[int, _Buffers] = {}
+        self._row = _Buffers(model, 1, self.gpt_dtype, device)  # scratch for the shared scale 1
+        self._graphs: dict[int, tuple] = {}
+
+    def _block_weights(self, blk) -> dict:
+        a, m = blk.attn, blk.mlp
+        t = lambda p: p.detach().to(self.gpt_dtype)  # noqa: E731
+        return dict(ln1=(blk.ln1.weight.detach().to(self.gpt_dtype), blk.ln1.bias.detach().to(self.gpt_dtype), blk.ln1.eps),
+                    ln2=(blk.ln2.weight.detach().to(self.gpt_dtype), blk.ln2.bias.detach().to(self.gpt_dtype), blk.ln2.eps),
+                    qkv_wt=t(a.qkv.weight).t(), qkv_b=t(a.qkv.bias), proj_wt=t(a.proj.weight).t(),
+                    proj_b=t(a.proj.bias), fc1_wt=t(m[0].weight).t(), fc1_b=t(m[0].bias),
+                    fc2_wt=t(m[2].weight).t(), fc2_b=t(m[2].bias))
+
+    def buffers(self, batch: int) -> _Buffers:
+        buf = self._buffers.get(batch)
+        if buf is None:
+            buf = self._buffers[batch] = _Buffers(self.model, batch, self.gpt_dtype, self.device)
+        return buf
+
+    # --- transformer --------------------------------------------------------------------------
+    def _layers(self, x: torch.Tensor, buf: _Buffers, start: int, end: int) -> torch.Tensor:
+        """Run the blocks over x (b * s, d) of positions [start, end), caching keys and values."""
+        b, d, H, Dh = buf.batch, self.cfg.d_model, self.n_head, self.head_dim
+        s = end - start
+        qkv, attn, mlp = buf.qkv[:b * s], buf.attn[:b * s], buf.mlp[:b * s]
+        for i, w in enumerate(self.w):
+            with backends.nvtx_range("layer"):
+                torch.addmm(w["qkv_b"], F.layer_norm(x, (d,), *w["ln1"]), w["qkv_wt"], out=qkv)
+                q, k, v = qkv.view(b, s, 3, d).unbind(2)
+                buf.k[i, :, start:end] = k
+                buf.v[i, :, start:end] = v
+                with backends.nvtx_range("attention"):
+                    y = self.attention(q.view(b, s, H, Dh).transpose(1, 2),
+                                       buf.k[i].view(b, -1, H, Dh).transpose(1, 2),
+                                       buf.v[i].view(b, -1, H, Dh).transpose(1, 2), end)
+                attn.view(b, s, H, Dh).copy_(y.transpose(1, 2))
+                x.addmm_(attn, w["proj_wt"]).add_(w["proj_b"])
+                torch.addmm(w["fc1_b"], F.layer_norm(x, (d,), *w["ln2"]), w["fc1_wt"], out=mlp)
+                torch.ops.aten.gelu_(mlp, approximate="tanh")
+                x.addmm_(mlp, w["fc2_wt"]).add_(w["fc2_b"])
+        return x
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln_f(x.float()))
+
+    # --- one batch -------------------------------------------------------------------------------
+    def _run(self, buf: _Buffers, b: int, uniforms: torch.Tensor,
+             filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """All scales and the decoder for b rows; uniforms (b, L) drive the token draws.
+        Returns the windows and the K token maps."""
+        cfg, quant, d = self.cfg, self.model.vqvae.quant, self.cfg.d_model
+        scales, off = cfg.scales, self.offsets
+        # scale 1 (the start token alone): identical for every row, so computed for one row
+        s0 = scales[0]
+        one = self._row
+        x0 = one.x[:s0]
+        x0.copy_(self.start + self.pos[:s0])
+        self._layers(x0, one, 0, s0)
+        buf.k[:, :, :s0] = one.k[:, :, :s0]
+        buf.v[:, :, :s0] = one.v[:, :, :s0]
+        logits0 = filter_logits(self._logits(x0), **filters)
+        f_hat, indices = None, []
+        for k, s in enumerate(scales):
+            with backends.nvtx_range(f"scale {k}"):
+                if k == 0:
+                    logits = logits0.expand(b, s, -1).reshape(b * s, -1)
+                else:
+                    x = buf.x[:b * s]
+                    inp = area_resize(f_hat, s).transpose(1, 2).reshape(b * s, -1)
+                    torch.addmm(self.word_b, inp.to(self.gpt_dtype), self.word_w.t(), out=x)
+                    x.view(b, s, d).add_(self.pos[off[k]:off[k + 1]])
+                    self._layers(x, buf, off[k], off[k + 1])
+                    logits = filter_logits(self._logits(x), **filters)
+                u = uniforms[:, off[k]:off[k + 1]].reshape(-1)
+                idx = draw_from_logits(logits, u).view(b, s)
+                indices.append(idx)
+                h = quant.embed(idx, k)
+                f_hat = h if f_hat is None else f_hat.add_(h)
+        with backends.nvtx_range("decode"):
+            return self.model.vqvae.decode(f_hat).clamp_(-1, 1), indices
+
+    @torch.no_grad()
+    def generate(self, batch: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, return_indices: bool = False):
+        """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale (and the token maps)."""
+        filters = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        filter_logits(torch.zeros(1, self.cfg.codebook_size, device=self.device), **filters)  # validate
+        uniforms = torch.rand(batch, self.cfg.n_tokens, generator=generator, device=self.device)
+        if self.device.type == "cuda" and backends.cuda_graphs_enabled():
+            x, indices = self._graph_run(batch, uniforms, filters)
+        else:
+            x, indices = self._run(self.buffers(batch), batch, uniforms, filters)
+        return (x, indices) if return_indices else x
+
+    def _graph_run(self, batch: int, uniforms: torch.Tensor,
+                   filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Replay (capturing on first use) one CUDA graph of the whole batch for these settings."""
+        key = (batch, tuple(sorted(filters.items(), key=lambda kv: kv[0])))
+        entry = self._graphs.get(key)
+        if entry is None:
+            buf, static_u = self.buffers(batch), uniforms.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up outside the graph (kernel compilation)
+                for _ in range(2):
+                    self._run(buf, batch, static_u, filters)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._run(buf, batch, static_u, filters)
+            entry = self._graphs[key] = (graph, static_u, out)
+        graph, static_u, out = entry
+        static_u.copy_(uniforms)
+        graph.replay()
+        x, indices = out
+        return x.clone(), [i.clone() for i in indices]
+
