@@ -74,9 +74,11 @@ def cuda_graphs_enabled() -> bool:
 
 
 def sdpa_cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          kv_len: int) -> torch.Tensor:
-    """Queries (B, H, s, D) against the first kv_len cached keys/values, no mask (SDPA)."""
-    return F.scaled_dot_product_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len])
+                          kv_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Queries (B, H, s, D) against the first kv_len cached keys/values, no mask (SDPA);
+    written into out when given (the signature of the Triton kernel's launcher)."""
+    y = F.scaled_dot_product_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len])
+    return y if out is None else out.copy_(y)
 
 
 def cached_attention_for(device: torch.device) -> Callable:

@@ -97,10 +97,10 @@ class FastSampler:
                 buf.k[i, :, start:end] = k
                 buf.v[i, :, start:end] = v
                 with backends.nvtx_range("attention"):
-                    y = self.attention(q.view(b, s, H, Dh).transpose(1, 2),
-                                       buf.k[i].view(b, -1, H, Dh).transpose(1, 2),
-                                       buf.v[i].view(b, -1, H, Dh).transpose(1, 2), end)
-                attn.view(b, s, H, Dh).copy_(y.transpose(1, 2))
+                    self.attention(q.view(b, s, H, Dh).transpose(1, 2),
+                                   buf.k[i].view(b, -1, H, Dh).transpose(1, 2),
+                                   buf.v[i].view(b, -1, H, Dh).transpose(1, 2), end,
+                                   out=attn.view(b, s, H, Dh).transpose(1, 2))
                 x.addmm_(attn, w["proj_wt"]).add_(w["proj_b"])
                 torch.addmm(w["fc1_b"], F.layer_norm(x, (d,), *w["ln2"]), w["fc1_wt"], out=mlp)
                 torch.ops.aten.gelu_(mlp, approximate="tanh")
