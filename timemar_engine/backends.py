@@ -89,14 +89,15 @@ def cached_attention_for(device: torch.device) -> Callable:
     return sdpa_cached_attention
 
 
-def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Nearest-code indices of rows x (N, D): the Triton kernel where it runs, else the chunked
-    CPU path; both use |e|^2 - 2 x.e in fp32 and give ties to the lowest index."""
-    if _triton_usable(x.device):
-        from .kernels.codebook import nearest_code_triton
-        return nearest_code_triton(x, codebook)
-    from .kernels.codebook import nearest_code_cpu
-    return nearest_code_cpu(x, codebook)
+@torch.no_grad()
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor, **kw):
+    """Nearest-code indices of rows x (N, D) (plus codes / residual with the keywords of
+    `kernels.codebook`): the Triton kernel on CUDA, else the chunked torch path. Both use
+    |e|^2 - 2 x.e in fp32, give ties to the lowest index and never hold the N x V matrix."""
+    from .kernels import codebook as lookup
+    if isinstance(x, torch.Tensor) and _triton_usable(x.device):
+        return lookup.nearest_code_triton(x, codebook, **kw)
+    return lookup.nearest_code_cpu(x, codebook, **kw)
 
 
 def _nvtx():

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import backends
 from .decompose import area_resize, linear_resize
 
 
@@ -29,11 +30,11 @@ def phi_index(k: int, n_scales: int, n_phi: int) -> int:
 
 
 def nearest_code(r: torch.Tensor, codebook: torch.Tensor, cosine: bool) -> torch.Tensor:
-    """Index of the nearest code for each row of r (M, Cz); ties go to the lowest index."""
+    """Index of the nearest code for each row of r (M, Cz); ties go to the lowest index.
+    L2: the fused lookup of `backends.nearest_code` (no M x V matrix)."""
     if cosine:
         return (F.normalize(r, dim=-1) @ F.normalize(codebook, dim=-1).T).argmax(-1)
-    dist = (codebook * codebook).sum(-1) - 2 * r @ codebook.T
-    return dist.argmin(-1)
+    return backends.nearest_code(r, codebook)
 
 
 class MultiScaleQuantizer(nn.Module):
