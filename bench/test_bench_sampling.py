@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from timemar_engine.config import preset
 from timemar_engine.engine import Engine, default_batch_size
-from timemar_engine.fast_sampling import FastSampler
+from timemar_engine.backends import cpu_streams
+from timemar_engine.fast_sampling import FastSampler, StreamSampler
 from timemar_engine.model import TimeMAR
 from timemar_engine.sampling import generate
 
@@ -62,11 +63,14 @@ def gemm_gflops(m: int, k: int, n: int, reps: int = 5) -> float:
 def test_sampling(benchmark, model, backend):
     batch = 16 if QUICK else default_batch_size(DEVICE, backend)
     gen = torch.Generator(DEVICE).manual_seed(0)
-    if backend == "engine":
-        sampler = FastSampler(model, DEVICE)
-        step = lambda: sampler.generate(batch, gen)  # noqa: E731
+    if backend == "engine":  # what Engine runs: one batch per stream (one thread each on CPU)
+        sampler = StreamSampler(model, DEVICE, cpu_streams())
+        sizes = [batch] * (2 * sampler.streams)
+        step = lambda: list(sampler.iter_generate(sizes, gen))  # noqa: E731
+        windows = sum(sizes)
     else:
         step = lambda: generate(model, batch, gen)  # noqa: E731
+        windows = batch
 
     def run():
         x = step()
@@ -77,11 +81,11 @@ def test_sampling(benchmark, model, backend):
     if benchmark.disabled:  # --benchmark-disable: ran once as a smoke test
         return
     med = benchmark.stats.stats.median
-    MEDIANS[(model.preset_name, backend)] = batch / med
+    MEDIANS[(model.preset_name, backend)] = windows / med
     d = model.cfg.d_model
     info = benchmark.extra_info
-    info.update(device=DEVICE_NAME, preset=model.preset_name, batch=batch,
-                windows_per_s=batch / med, gflops=model.flops_per_window * batch / med / 1e9,
+    info.update(device=DEVICE_NAME, preset=model.preset_name, batch=batch, windows=windows,
+                windows_per_s=windows / med, gflops=model.flops_per_window * windows / med / 1e9,
                 mflop_per_window=model.flops_per_window / 1e6,
                 gemm_model_width_gflops=gemm_gflops(batch * max(model.cfg.scales), d, 4 * d),
                 gemm_2048_gflops=gemm_gflops(*(512 if QUICK else 2048,) * 3))

@@ -197,3 +197,27 @@ def test_engine_through_the_triton_attention_kernel(model):
     assert same.float().mean() > 0.97  # only uniforms on a cdf boundary may flip
     if same.all():
         torch.testing.assert_close(xa, xb, atol=1e-4, rtol=0)
+
+
+def test_streams_give_the_same_windows_as_one(model):
+    """Batches on several one-thread streams equal the same batches in sequence."""
+    from timemar_engine.fast_sampling import StreamSampler
+
+    threads = torch.get_num_threads()
+    cpu, sizes = torch.device("cpu"), [7, 7, 7, 7, 3]
+    one = torch.cat(list(StreamSampler(model, cpu, 1).iter_generate(
+        sizes, torch.Generator().manual_seed(5), top_k=30)))
+    many = torch.cat(list(StreamSampler(model, cpu, 3).iter_generate(
+        sizes, torch.Generator().manual_seed(5), top_k=30)))
+    assert one.shape == (31, 24, 3) and torch.equal(one, many)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="top_k"):
+        next(StreamSampler(model, cpu, 2).iter_generate([4], None, top_k=0))
+
+
+def test_cpu_streams_setting(monkeypatch):
+    monkeypatch.setenv("TIMEMAR_CPU_STREAMS", "3")
+    assert backends.cpu_streams() == 3
+    monkeypatch.setenv("TIMEMAR_CPU_STREAMS", "zero")
+    with pytest.raises(ValueError, match="TIMEMAR_CPU_STREAMS"):
+        backends.cpu_streams()

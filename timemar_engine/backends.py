@@ -68,6 +68,17 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def cpu_streams() -> int:
+    """Batches the CPU engine runs at once, one intra-op thread each: TIMEMAR_CPU_STREAMS, else
+    torch's thread count (so the cores stay as busy as with one batch on all threads)."""
+    env = os.environ.get("TIMEMAR_CPU_STREAMS")
+    if env is not None:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"TIMEMAR_CPU_STREAMS must be a positive integer, got {env!r}")
+        return int(env)
+    return max(1, torch.get_num_threads())
+
+
 def cuda_graphs_enabled() -> bool:
     """CUDA graphs in the engine; TIMEMAR_CUDA_GRAPHS=0 turns them off (debugging, profiling)."""
     return os.environ.get("TIMEMAR_CUDA_GRAPHS", "1") != "0"

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from . import backends
 from .backends import resolve_device
 from .checkpoint import load_checkpoint
-from .fast_sampling import FastSampler
+from .fast_sampling import StreamSampler
 from .sampling import generate
 from .writers import guess_format, write_chunks
 
@@ -46,7 +46,8 @@ class Engine:
         self.model, self.scaler, self.channels, self.meta = model, scaler, channels, meta
         self.device, self.backend, self.path = device, backend, path
         self.cfg = model.cfg
-        self._sampler = FastSampler(model, device) if backend == "engine" else None
+        self._sampler = (StreamSampler(model, device, backends.cpu_streams())
+                         if backend == "engine" else None)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
@@ -93,17 +94,15 @@ class Engine:
             gen.seed()
         else:
             gen.manual_seed(int(seed))
-        done = 0
-        while done < n:
-            b = min(batch_size, n - done)
-            if self._sampler is not None:
-                x = self._sampler.generate(b, gen, temperature=temperature, top_k=top_k,
-                                           top_p=top_p)
-            else:
-                x = generate(self.model, b, gen, temperature=temperature, top_k=top_k,
-                             top_p=top_p)
+        sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+        if self._sampler is not None:
+            batches = self._sampler.iter_generate(sizes, gen, temperature=temperature, top_k=top_k,
+                                                  top_p=top_p)
+        else:
+            batches = (generate(self.model, b, gen, temperature=temperature, top_k=top_k,
+                                top_p=top_p) for b in sizes)
+        for x in batches:
             yield self._to_scale(x, scale)
-            done += b
 
     def sample(self, n: int, batch_size: int | None = None, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -129,7 +128,6 @@ class Engine:
         chunks = self.iter_batches(n, batch_size, seed, temperature, top_k, top_p, scale)
         return write_chunks(path, fmt or guess_format(path), (n, self.seq_len, len(self.channels)),
                             with_progress(chunks, n, progress), self.channels, overwrite)
-
 
     def encode(self, windows: np.ndarray, batch_size: int = 4096,
                scale: str = "data") -> list[np.ndarray]:

@@ -12,6 +12,10 @@ Same model and distribution as `sampling.generate`, computed differently:
 """
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 
@@ -150,14 +154,28 @@ class FastSampler:
     def generate(self, batch: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, return_indices: bool = False):
         """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale (and the token maps)."""
-        filters = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        filter_logits(torch.zeros(1, self.cfg.codebook_size, device=self.device), **filters)  # validate
-        uniforms = torch.rand(batch, self.cfg.n_tokens, generator=generator, device=self.device)
+        filters = self.check_filters(temperature=temperature, top_k=top_k, top_p=top_p)
+        x, indices = self.run(self.draw_uniforms(batch, generator), filters)
+        return (x, indices) if return_indices else x
+
+    def check_filters(self, **filters) -> dict:
+        """Validate temperature / top_k / top_p once, before any work."""
+        filter_logits(torch.zeros(1, self.cfg.codebook_size, device=self.device), **filters)
+        return filters
+
+    def draw_uniforms(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The (batch, L) uniforms that decide every token of a batch."""
+        return torch.rand(batch, self.cfg.n_tokens, generator=generator, device=self.device)
+
+    @torch.no_grad()
+    def run(self, uniforms: torch.Tensor, filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Windows and token maps of one batch given its uniforms (deterministic)."""
+        batch = uniforms.shape[0]
         if self.device.type == "cuda" and backends.cuda_graphs_enabled():
             x, indices = self._graph_run(batch, uniforms, filters)
         else:
             x, indices = self._run(self.buffers(batch), batch, uniforms, filters)
-        return (x, indices) if return_indices else x
+        return x, indices
 
     def _graph_run(self, batch: int, uniforms: torch.Tensor,
                    filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -182,3 +200,44 @@ class FastSampler:
         x, indices = out
         return x.clone(), [i.clone() for i in indices]
 
+
+
+class StreamSampler:
+    """Consecutive batches on `streams` FastSamplers at once, each on one intra-op thread.
+
+    On a small CPU, one thread per independent batch beats two OpenMP threads per op (measured in
+    bench/test_bench_sampling.py: the ops are small, so fork/join and barriers cost more than they
+    give). Every stream computes with one thread and uniforms are drawn in batch order on the
+    calling thread, so the output is the same for any number of streams. The torch thread count
+    is restored afterwards."""
+
+    def __init__(self, model: TimeMAR, device: torch.device, streams: int):
+        self.streams = streams if device.type == "cpu" else 1
+        self.samplers = [FastSampler(model, device) for _ in range(self.streams)]
+
+    @torch.no_grad()
+    def iter_generate(self, sizes: list[int], generator: torch.Generator | None,
+                      **filters) -> Iterator[torch.Tensor]:
+        """Yield the windows of each batch size in `sizes`, in order."""
+        first = self.samplers[0]
+        filters = first.check_filters(**filters)
+        if self.samplers[0].device.type != "cpu":
+            for b in sizes:
+                yield first.run(first.draw_uniforms(b, generator), filters)[0]
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(self.streams, initializer=torch.set_num_threads,
+                                    initargs=(1,)) as pool:
+                pending: deque = deque()
+                for i, b in enumerate(sizes):
+                    sampler = self.samplers[i % self.streams]
+                    pending.append(pool.submit(sampler.run, first.draw_uniforms(b, generator),
+                                               filters))
+                    if len(pending) == self.streams:
+                        yield pending.popleft().result()[0]
+                while pending:
+                    yield pending.popleft().result()[0]
+        finally:
+            torch.set_num_threads(threads)
