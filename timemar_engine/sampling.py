@@ -12,7 +12,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """Temperature, then top-k (ties at the k-th value kept), then top-p (nucleus) on (..., V)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = logits / temperature
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
