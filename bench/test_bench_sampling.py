@@ -65,7 +65,8 @@ def test_sampling(benchmark, model, backend):
     gen = torch.Generator(DEVICE).manual_seed(0)
     if backend == "engine":  # what Engine runs: one batch per stream (one thread each on CPU)
         sampler = StreamSampler(model, DEVICE, cpu_streams())
-        sizes = [batch] * (2 * sampler.streams)
+        # as many windows per round as the eager case: the streams' start and end are included
+        sizes = [batch] * max(2 * sampler.streams, default_batch_size(DEVICE, "eager") // batch)
         step = lambda: list(sampler.iter_generate(sizes, gen))  # noqa: E731
         windows = sum(sizes)
     else:
