@@ -300,6 +300,9 @@ def cmd_info(args) -> int:
           f"({', '.join(info['channels'][:8])}{', ...' if len(info['channels']) > 8 else ''})")
     print(f"scales      {info['scales']} ({sum(info['scales'])} tokens), codebook "
           f"{info['config']['codebook_size']} x {info['config']['code_dim']}")
+    print(f"backend     {info['backend']} on {info['device']} (available here: "
+          f"{', '.join(info['backends_available'])}; triton "
+          f"{'installed' if info['triton'] else 'not installed'})")
     print("parameters")
     for name, n in info["parameters"].items():
         print(f"  {name:<15} {n:>12,}")
