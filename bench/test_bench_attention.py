@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from timemar_engine.config import default_scales
+from timemar_engine.gpt import scale_ids
 
 QUICK = os.environ.get("TIMEMAR_BENCH_QUICK") == "1"
 FLEX_COMPILE = os.environ.get("TIMEMAR_BENCH_FLEX_COMPILE") == "1"
@@ -26,11 +27,6 @@ BATCHES = (1, 16) if QUICK else (1, 256, 4096, 16384)
 # Rough CPU throughput (dense FLOP/s, 2 cores) used to skip cases where one call would take > 2 s.
 CPU_FLOPS = {"sdpa": 1e10, "flex": 2e9, "gemm": 2e10}
 CPU_MAX_S = 2.0
-
-
-def _scale_ids(scales, device) -> torch.Tensor:
-    return torch.repeat_interleave(torch.arange(len(scales), device=device),
-                                   torch.tensor(scales, device=device))
 
 
 def _pairs(scales) -> int:
@@ -59,7 +55,7 @@ def _flex():
 @functools.lru_cache(maxsize=None)
 def _block_mask(scales):
     _, create_block_mask, _ = _flex()
-    sid = _scale_ids(scales, DEVICE)
+    sid = scale_ids(scales).to(DEVICE)
     L = len(sid)
     return create_block_mask(lambda b, h, q, k: sid[k] <= sid[q], None, None, L, L, device=DEVICE)
 
@@ -104,7 +100,7 @@ def test_block_causal_attention(benchmark, variant, sched, batch):
                 dense_pairs=L * L)
 
     if variant == "sdpa":
-        sid = _scale_ids(scales, DEVICE)
+        sid = scale_ids(scales).to(DEVICE)
         mask = sid[None, :] <= sid[:, None]
         fn = functools.partial(F.scaled_dot_product_attention, q, k, v, attn_mask=mask)
     elif variant == "flex":

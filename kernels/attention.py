@@ -22,6 +22,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..gpt import block_causal_mask as model_mask
+
 __all__ = [
     "block_causal_attention",
     "cached_attention",
@@ -241,10 +243,8 @@ def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 # ------------------------------------------------------------------------------------ eager references
 def block_causal_mask(scales: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean (L, L) mask, True where query i may attend to key j (scale(j) <= scale(i))."""
-    sc = tuple(int(s) for s in scales)
-    lim = scale_limits(sc, torch.device("cpu")).to(device)
-    return torch.arange(sum(sc), device=device)[None, :] < lim[:, None]
+    """Boolean (L, L) mask, True where query i may attend to key j: the model's own mask."""
+    return model_mask(tuple(int(s) for s in scales)).to(device)
 
 
 def block_causal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

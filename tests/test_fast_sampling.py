@@ -183,15 +183,15 @@ def test_engine_and_eager_samples_are_indistinguishable():
 
 def test_engine_through_the_triton_attention_kernel(model):
     """The engine's strided KV-cache views go through the Triton kernel (the interpreter on CPU)
-    and give the tokens and windows of the SDPA path."""
+    and give the tokens and windows of the bmm path."""
     pytest.importorskip("triton", reason="triton is not installed")
     from timemar_engine.kernels.attention import cached_attention
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(dev)
-    sdpa, triton_path = FastSampler(model, dev), FastSampler(model, dev)
-    sdpa.attention, triton_path.attention = backends.sdpa_cached_attention, cached_attention
-    xa, ia = sdpa.generate(6, torch.Generator(dev).manual_seed(4), return_indices=True)
+    bmm, triton_path = FastSampler(model, dev), FastSampler(model, dev)
+    bmm.attention, triton_path.attention = backends.bmm_cached_attention, cached_attention
+    xa, ia = bmm.generate(6, torch.Generator(dev).manual_seed(4), return_indices=True)
     xb, ib = triton_path.generate(6, torch.Generator(dev).manual_seed(4), return_indices=True)
     same = torch.cat(ia, 1) == torch.cat(ib, 1)
     assert same.float().mean() > 0.97  # only uniforms on a cdf boundary may flip
@@ -221,3 +221,15 @@ def test_cpu_streams_setting(monkeypatch):
     monkeypatch.setenv("TIMEMAR_CPU_STREAMS", "zero")
     with pytest.raises(ValueError, match="TIMEMAR_CPU_STREAMS"):
         backends.cpu_streams()
+
+
+def test_bmm_cached_attention_matches_float64():
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(3, 2, 5, 24, generator=g)
+    k, v = torch.randn(2, 3, 2, 40, 24, generator=g)
+    k[:, :, 17:], v[:, :, 17:] = float("nan"), 1e4  # beyond kv_len: never read
+    out = torch.full((3, 5, 2, 24), float("nan")).transpose(1, 2)  # the engine's strided target
+    backends.bmm_cached_attention(q, k, v, 17, out=out)
+    q64, k64, v64 = q.double(), k[:, :, :17].double(), v[:, :, :17].double()
+    want = torch.softmax(q64 @ k64.transpose(-1, -2) / 24 ** 0.5, -1) @ v64
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=0)

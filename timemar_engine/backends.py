@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 BACKENDS = ("auto", "eager", "engine")
 
@@ -84,14 +83,6 @@ def cuda_graphs_enabled() -> bool:
     return os.environ.get("TIMEMAR_CUDA_GRAPHS", "1") != "0"
 
 
-def sdpa_cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          kv_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Queries (B, H, s, D) against the first kv_len cached keys/values, no mask (SDPA);
-    written into out when given (the signature of the Triton kernel's launcher)."""
-    y = F.scaled_dot_product_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len])
-    return y if out is None else out.copy_(y)
-
-
 def bmm_cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          kv_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The CPU engine's cached attention for contiguous caches (B, H, L, D): two batched GEMMs
@@ -108,11 +99,12 @@ def bmm_cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def cached_attention_for(device: torch.device) -> Callable:
-    """The engine's cached attention: the Triton kernel on CUDA, two bmm's on CPU."""
+    """The engine's cached attention: the Triton kernel on CUDA, two bmm's elsewhere. Both take
+    (q, k_cache, v_cache, kv_len, out=)."""
     if _triton_usable(device):
         from .kernels.attention import cached_attention
         return cached_attention
-    return bmm_cached_attention if device.type == "cpu" else sdpa_cached_attention
+    return bmm_cached_attention
 
 
 @torch.no_grad()

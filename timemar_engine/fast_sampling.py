@@ -13,7 +13,7 @@ Same model and distribution as `sampling.generate`, computed differently:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -88,13 +88,13 @@ class FastSampler:
         self.ln_f, self.head = gpt.ln_f, gpt.head  # logits in fp32
         self._buffers: dict[int, _Buffers] = {}
         self._row = _Buffers(model, 1, self.gpt_dtype, device)  # scratch for the shared scale 1
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict[tuple, tuple] = {}  # (batch, filters) -> (graph, uniforms, outputs)
 
     def _block_weights(self, blk) -> dict:
         a, m = blk.attn, blk.mlp
         t = lambda p: p.detach().to(self.gpt_dtype)  # noqa: E731
-        return dict(ln1=(blk.ln1.weight.detach().to(self.gpt_dtype), blk.ln1.bias.detach().to(self.gpt_dtype), blk.ln1.eps),
-                    ln2=(blk.ln2.weight.detach().to(self.gpt_dtype), blk.ln2.bias.detach().to(self.gpt_dtype), blk.ln2.eps),
+        return dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
+                    ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps),
                     qkv_wt=t(a.qkv.weight).t(), qkv_b=t(a.qkv.bias), proj_wt=t(a.proj.weight).t(),
                     proj_b=t(a.proj.bias), fc1_wt=t(m[0].weight).t(), fc1_b=t(m[0].bias),
                     fc2_wt=t(m[2].weight).t(), fc2_b=t(m[2].bias))
@@ -187,10 +187,8 @@ class FastSampler:
         """Windows and token maps of one batch given its uniforms (deterministic)."""
         batch = uniforms.shape[0]
         if self.device.type == "cuda" and backends.cuda_graphs_enabled():
-            x, indices = self._graph_run(batch, uniforms, filters)
-        else:
-            x, indices = self._run(self.buffers(batch), batch, uniforms, filters)
-        return x, indices
+            return self._graph_run(batch, uniforms, filters)
+        return self._run(self.buffers(batch), batch, uniforms, filters)
 
     def _graph_run(self, batch: int, uniforms: torch.Tensor,
                    filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -216,7 +214,6 @@ class FastSampler:
         return x.clone(), [i.clone() for i in indices]
 
 
-
 class StreamSampler:
     """Consecutive batches on `streams` FastSamplers at once, each on one intra-op thread.
 
@@ -231,12 +228,12 @@ class StreamSampler:
         self.samplers = [FastSampler(model, device) for _ in range(self.streams)]
 
     @torch.no_grad()
-    def iter_generate(self, sizes: list[int], generator: torch.Generator | None,
+    def iter_generate(self, sizes: Iterable[int], generator: torch.Generator | None,
                       **filters) -> Iterator[torch.Tensor]:
         """Yield the windows of each batch size in `sizes`, in order."""
         first = self.samplers[0]
         filters = first.check_filters(**filters)
-        if self.samplers[0].device.type != "cpu":
+        if first.device.type != "cpu":
             for b in sizes:
                 yield first.run(first.draw_uniforms(b, generator), filters)[0]
             return
