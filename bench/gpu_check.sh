@@ -21,14 +21,15 @@ if ! pip install -q --no-deps --no-build-isolation --no-index . >"$OUT/pip.log" 
     export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 fi
 (cd /tmp && python3 -c "import timemar_engine.kernels.attention, timemar_engine.kernels.codebook; print('package ok:', __import__('timemar_engine').__file__)")
+# python3 -P: the repo's own timemar_engine/ (which lacks kernels/) must not shadow the install
 # 2. GPU tests (the kernels compiled for real: TRITON_INTERPRET is unset)
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernel_attention.py \
+python3 -P -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernel_attention.py \
     tests/test_kernel_codebook.py tests/test_fast_sampling.py 2>&1 | tail -n 8
 # 3. benchmarks, medians into one JSON
-python3 -m pytest -q -p no:cacheprovider bench/ --benchmark-only \
+python3 -P -m pytest -q -p no:cacheprovider bench/ --benchmark-only \
     --benchmark-json "$OUT/bench.json" 2>&1 | tail -n 4
 # 4. the main job: 100k windows from the default model, auto backend
 TIMEFORMAT="%R s wall (sample --n 100000, default model, auto backend)"
 time timemar-engine sample --n 100000 --out /tmp/s100k.npy --seed 0 --force --quiet 2>&1 \
-    || time python3 -m timemar_engine.cli sample --n 100000 --out /tmp/s100k.npy --seed 0 --force --quiet
+    || time python3 -P -m timemar_engine.cli sample --n 100000 --out /tmp/s100k.npy --seed 0 --force --quiet
 python3 bench/summary.py "$OUT/bench.json"
