@@ -240,6 +240,43 @@ def make_windows(values: np.ndarray, seq_len: int) -> np.ndarray:
     return win.transpose(0, 2, 1)
 
 
+class WindowSet:
+    """All stride-1 windows of a series, gathered per batch by index: the series is scaled once
+    to [0, 1] in float32 and never cut into a (N, T, C) copy (3-D input is kept as given)."""
+
+    def __init__(self, unit: np.ndarray, seq_len: int):
+        if unit.ndim == 3 and unit.shape[1] != seq_len:
+            raise DataError(f"data holds windows of length {unit.shape[1]}, not {seq_len}")
+        if unit.ndim == 2 and len(unit) < seq_len:
+            raise DataError(f"too few rows: {len(unit)} rows cannot make one window of length "
+                            f"{seq_len}")
+        self.unit, self.seq_len = unit, seq_len
+        self._offsets = np.arange(seq_len)
+
+    @classmethod
+    def from_series(cls, series: Series, seq_len: int, scaler: "MinMaxScaler") -> "WindowSet":
+        return cls(scaler.to_unit(series.values).astype(np.float32, copy=False), seq_len)
+
+    def __len__(self) -> int:
+        return len(self.unit) if self.unit.ndim == 3 else len(self.unit) - self.seq_len + 1
+
+    @property
+    def channels(self) -> int:
+        return self.unit.shape[-1]
+
+    def gather(self, idx) -> np.ndarray:
+        """Windows idx (b,) as a float32 (b, T, C) array in [0, 1]."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.unit.ndim == 3:
+            return np.ascontiguousarray(self.unit[idx])
+        return self.unit[idx[:, None] + self._offsets]
+
+    def chunks(self, batch: int = 1024):
+        """(start, windows) in index order, batch windows at a time."""
+        for i in range(0, len(self), batch):
+            yield i, self.gather(np.arange(i, min(i + batch, len(self))))
+
+
 def prepare(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScaler]:
     """Windows in [0, 1] (float32) and the scaler fitted on the whole series."""
     scaler = (MinMaxScaler.identity(series.channels) if series.unit_scaled
