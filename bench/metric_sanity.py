@@ -1,7 +1,8 @@
 """Sanity numbers for the four benchmark metrics at full protocol settings.
 
 For each dataset (default Stocks and ETTh), the protocol's windows (length 24, stride 1, of the
-per-column min-max scaled series; `timemar_engine.data.prepare`) are evaluated with 5 repeats:
+per-column min-max scaled series, scaled once to float32; `timemar_engine.data.WindowSet`) are
+evaluated with 5 repeats:
   * real vs real: a random disjoint split of all N windows into two halves (seeded permutation,
     first floor(N/2) vs the next floor(N/2));
   * real vs wrong generators (--wrong): all N windows vs
@@ -28,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from timemar_engine.data import NAMED, load_dataset, prepare  # noqa: E402
+from timemar_engine.data import NAMED, MinMaxScaler, WindowSet, load_dataset  # noqa: E402
 from timemar_engine.metrics import evaluate_arrays          # noqa: E402
 from timemar_engine.plots import plot_evaluation            # noqa: E402
 
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
            "results": {}}
     for name in args.datasets:
         series = load_dataset(name, args.data_dir)
-        real, _ = prepare(series, 24)
+        real = WindowSet.from_series(series, 24, MinMaxScaler.for_series(series)).array()
         n = real.shape[0]
         perm = np.random.default_rng(args.seed).permutation(n)
         pairs = {"real_vs_real": (real[perm[: n // 2]], real[perm[n // 2: 2 * (n // 2)]]),

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         report["datasets"][name] = {
             **result, "train_minutes": meta.get("train_minutes"), "reused": reused,
             "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")}}
-        write_json(report, json_path)
+        write_json(report, json_path, overwrite=True)
         md_path.write_text(markdown(report))
     if not report["datasets"]:
         print("no dataset was evaluated; nothing written")

@@ -132,7 +132,7 @@ def test_filter_logits_top_k_top_p_against_reference(rng):
         n_keep = int(np.searchsorted(np.cumsum(row[order]), 0.6) + 1)
         assert set(np.flatnonzero(keep)) == set(order[:n_keep])
     t = filter_logits(logits, temperature=0.5)
-    torch.testing.assert_close(t, logits * 2)
+    torch.testing.assert_close(t, (logits - logits.amax(-1, keepdim=True)) * 2)
     with pytest.raises(ValueError, match="temperature"):
         filter_logits(logits, temperature=0)
     with pytest.raises(ValueError, match="top_p"):
@@ -177,14 +177,15 @@ def test_long_windows_shapes(T):
 
 def test_stage1_training_reduces_reconstruction_error_on_real_data(datasets_dir):
     from timemar_engine.config import TrainConfig
-    from timemar_engine.data import MinMaxScaler
     from timemar_engine.training import Trainer, stage1_report
+
+    from timemar_engine.data import WindowSet
 
     w, sc = prepare(load_dataset("stocks", datasets_dir), 24)
     cfg = tiny_config(channels=6)
     model = TimeMAR(cfg)
     data = to_model_scale(w)
-    before = stage1_report(model, data, "cpu")["recon_mse"]
+    before = stage1_report(model, WindowSet(w, 24), "cpu")["recon_mse"]
     tr = Trainer(model, w, sc, [f"c{i}" for i in range(6)],
                  TrainConfig(batch_size=64, stage1_steps=150, warmup=20), "/dev/null", "cpu",
                  progress=False)
@@ -198,11 +199,11 @@ def test_stage1_training_reduces_reconstruction_error_on_real_data(datasets_dir)
 
 
 def test_step_budget_fits_the_time_and_schedule(monkeypatch):
-    from timemar_engine import training
+    from timemar_engine import schedule
 
     clock = [0.0]
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
-    b = training.StepBudget(1000, warmup=10, seconds=100.0)
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock[0])
+    b = schedule.StepBudget(1000, warmup=10, seconds=100.0)
     assert b.lr_factor(0) == pytest.approx(0.1) and b.lr_factor(9) == pytest.approx(1.0)
     for step in range(1, 21):
         clock[0] += 0.5  # 0.5 s per step: 200 steps fit in 100 s

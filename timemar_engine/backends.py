@@ -18,18 +18,36 @@ import torch
 BACKENDS = ("auto", "eager", "engine")
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda if available else cpu; a CUDA device where there is none is a clear error."""
-    if str(device) == "auto":
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N'. Anything else (a typo such
+    as 'gpu', another accelerator type, a CUDA device where there is none, an index past the
+    last GPU) is a one-line ValueError naming the valid choices."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif not isinstance(device, str):
+        raise ValueError(f"device must be a string ({DEVICES}), got {device!r}")
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"unknown device {device!r}; use {DEVICES}") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
+        raise ValueError(f"unsupported device {str(device)!r}; use {DEVICES}")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"unsupported device {str(device)!r}; use {DEVICES}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; "
+                             f"use auto or cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r}: there is no such GPU here (CUDA devices: "
+                             f"{', '.join(f'cuda:{i}' for i in range(count))})")
     return dev
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from .config import ModelConfig
 from .data import MinMaxScaler
 from .model import TimeMAR
+from .safe_io import atomic_output
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "config", "vqvae", "gpt", "scaler_lo", "scaler_hi", "channels")
@@ -23,17 +23,9 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """torch.save through `atomic_output`: durable, never partial, replacing an existing path."""
+    with atomic_output(path, overwrite=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: TimeMAR, scaler: MinMaxScaler,

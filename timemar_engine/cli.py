@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from .cli_checks import (OneLineParser, UsageError, check_ckpt_arg, check_metric_shapes,
+                         check_plot_dependencies, device_name, int_at_least, iterations_item,
+                         output_format, positive_float, positive_int, probability, read_windows,
+                         seed_value)
 
 EPILOG = """examples:
   timemar-engine sample --n 100000 --out samples.npy          # packaged default model
@@ -18,22 +21,11 @@ EPILOG = """examples:
 """
 
 
-class UsageError(Exception):
-    """A command line that cannot be carried out; printed as one error line."""
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     from .metrics.report import METRICS
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="timemar-engine", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train TimeMAR models (multi-scale autoregressive generation of multivariate "
                     "time series) and sample synthetic windows from them.", epilog=EPILOG)
@@ -52,10 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder holding the named datasets (default: "
                    "$TIMEMAR_DATA_DIR or ../shared/datasets)")
     t.add_argument("--variable", help="variable name inside a .mat file")
-    t.add_argument("--nan", choices=("error", "drop", "ffill"), default="error",
-                   help="what to do with NaN/inf values (default: error, naming the first one)")
-    t.add_argument("--seq-len", type=_positive_int, default=24, help="window length T (default 24)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="s",
+    t.add_argument("--nan", choices=("error", "drop", "ffill"),
+                   help="what to do with NaN/inf values (default: error, naming the first one); "
+                   "stored in the checkpoint and used again by evaluate")
+    t.add_argument("--no-header", dest="header", action="store_const", const=False,
+                   help="the CSV has no header row (columns are named col0, col1, ...); without "
+                   "it a first row that looks like numbers is an error")
+    t.add_argument("--non-numeric", choices=("error", "drop"),
+                   help="a column with some non-numeric cells: error (default, naming the first "
+                   "cell) or drop the column")
+    t.add_argument("--seq-len", type=int_at_least(4, "an integer"),
+                   help="window length T, at least 4 (default 24)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
                    help="model size (default s, < 6M parameters; xs is tiny; l is large)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field, e.g. --set codebook_size=256 (repeatable)")
@@ -63,16 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", choices=("1", "2", "both"), default="both",
                    help="train only stage 1, only stage 2 (needs --resume from a stage-1 "
                         "checkpoint), or both (default)")
-    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint written by train")
-    t.add_argument("--steps1", type=_positive_int, default=3000, help="stage-1 steps (default 3000)")
-    t.add_argument("--steps2", type=_positive_int, default=3000, help="stage-2 steps (default 3000)")
-    t.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch (default 64)")
-    t.add_argument("--lr1", type=float, default=2e-3, help="stage-1 peak learning rate")
-    t.add_argument("--lr2", type=float, default=5e-4, help="stage-2 peak learning rate")
-    t.add_argument("--max-minutes", type=float,
-                   help="wall-clock budget for the whole run; step counts shrink to fit it")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--resume", metavar="CKPT", help="continue a run exactly where its checkpoint "
+                   "left it (data order, RNGs, optimizer, schedule); the original run's model and "
+                   "training flags are restored, and a flag that contradicts them is an error")
+    t.add_argument("--steps1", type=positive_int, help="stage-1 steps (default 3000)")
+    t.add_argument("--steps2", type=positive_int, help="stage-2 steps (default 3000)")
+    t.add_argument("--batch-size", type=positive_int, help="mini-batch (default 64)")
+    t.add_argument("--lr1", type=positive_float, help="stage-1 peak learning rate (default 2e-3)")
+    t.add_argument("--lr2", type=positive_float, help="stage-2 peak learning rate (default 5e-4)")
+    t.add_argument("--max-minutes", type=positive_float,
+                   help="wall-clock budget for the whole run; step counts and the warm-up "
+                   "shrink to fit it")
+    t.add_argument("--seed", type=seed_value, help="random seed (default 0)")
+    t.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N")
     t.add_argument("--force", action="store_true", help="overwrite an existing --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -83,20 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "--scale says otherwise. Output is streamed in batches (bounded memory) "
                        "to a temporary file that is renamed when complete.")
     s.add_argument("--ckpt", help="checkpoint (default: the packaged default model)")
-    s.add_argument("--n", type=_positive_int, required=True, help="number of windows")
+    s.add_argument("--n", type=positive_int, required=True, help="number of windows")
     s.add_argument("--out", default="samples.npy", help="output path (default samples.npy)")
     s.add_argument("--format", choices=("npy", "csv", "parquet"),
                    help="output format (default: from the --out extension, else npy)")
-    s.add_argument("--batch-size", type=_positive_int, help="windows per batch (default: 4096 on "
+    s.add_argument("--batch-size", type=positive_int, help="windows per batch (default: 4096 on "
                    "CUDA; on CPU 256 for the engine, 2048 for eager); the same seed, batch size, "
                    "device and backend give the same samples")
-    s.add_argument("--seed", type=int, help="random seed (default: random)")
-    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
-    s.add_argument("--top-k", type=_positive_int, help="keep the k most likely codes")
-    s.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    s.add_argument("--seed", type=seed_value, help="random seed (default: random)")
+    s.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="softmax temperature, a finite number > 0 (default 1; towards 0 the "
+                   "most likely code is taken)")
+    s.add_argument("--top-k", type=positive_int, help="keep the k most likely codes (a k of at "
+                   "least the codebook size keeps them all)")
+    s.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
     s.add_argument("--scale", choices=("data", "unit", "model"), default="data",
                    help="data units (default), unit = [0, 1] per channel, model = [-1, 1]")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    s.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N")
     s.add_argument("--backend", default="auto", choices=("auto", "engine", "eager"),
                    help="sampling backend: auto (default: the fastest correct one on this "
                    "device), engine (preallocated static-shape loop; on CUDA bf16, Triton "
@@ -122,22 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "the checkpoint was trained on)")
     e.add_argument("--data-dir", help="folder holding the named datasets")
     e.add_argument("--variable", help="variable name inside a .mat file")
+    e.add_argument("--nan", choices=("error", "drop", "ffill"),
+                   help="NaN/inf policy for reading --data (default: the one the checkpoint was "
+                   "trained with, else error)")
+    e.add_argument("--no-header", dest="header", action="store_const", const=False,
+                   help="--data is a CSV without a header row (default: as in training)")
+    e.add_argument("--non-numeric", choices=("error", "drop"),
+                   help="columns of --data with non-numeric cells (default: as in training, "
+                   "else error)")
     e.add_argument("--real", help="score two arrays instead: real windows (.npy, (n, T, C))")
     e.add_argument("--fake", help="generated windows (.npy, (n, T, C)) to score against --real")
     e.add_argument("--assume-unit", action="store_true", help="--real/--fake are already in "
                    "[0, 1]; otherwise both are min-max scaled by the real array's channel ranges")
-    e.add_argument("--n", type=_positive_int, help="windows to sample (default: as many as real)")
-    e.add_argument("--repeats", type=_positive_int, default=5, help="repeats per metric (default 5)")
+    e.add_argument("--n", type=positive_int, help="windows to sample (default: as many as real)")
+    e.add_argument("--repeats", type=positive_int, default=5, help="repeats per metric (default 5)")
     e.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
                    help="which metrics (default: all four)")
-    e.add_argument("--iterations", action="append", default=[], metavar="METRIC=N",
+    e.add_argument("--iterations", action="append", type=iterations_item, default=[],
+                   metavar="METRIC=N",
                    help="override a metric's training iterations (protocol: discriminative=2000, "
                         "predictive=5000, context_fid=600); for quick looks only")
     e.add_argument("--json", help="write the results as JSON here")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     e.add_argument("--plot", help="write PCA / t-SNE / density plots to this PNG")
-    e.add_argument("--seed", type=int, default=0, help="seed for sampling and the metrics")
-    e.add_argument("--batch-size", type=_positive_int, help="sampling batch size")
-    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    e.add_argument("--seed", type=seed_value, default=0, help="seed for sampling and the metrics")
+    e.add_argument("--batch-size", type=positive_int, help="sampling batch size")
+    e.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     i = sub.add_parser("info", help="show a checkpoint's config, parameter counts and metadata",
@@ -162,82 +181,32 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
-    import torch
+    from .train_api import train
 
-    from .checkpoint import read_checkpoint
-    from .config import ModelConfig, TrainConfig, preset
-    from .data import MinMaxScaler, load_any, make_windows
-    from .backends import resolve_device
-    from .model import TimeMAR
-    from .training import Trainer
-
-    out = Path(args.out)
-    if args.stage == "2" and not args.resume:
-        raise UsageError("--stage 2 needs --resume CKPT (a checkpoint with stage 1 done)")
-    if out.exists() and not args.force and not (args.resume and Path(args.resume) == out):
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
-    series = load_any(args.data, args.data_dir, args.variable, args.nan, args.seq_len)
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    tcfg = TrainConfig(batch_size=args.batch_size, stage1_steps=args.steps1,
-                       stage2_steps=args.steps2, lr1=args.lr1, lr2=args.lr2, seed=args.seed,
-                       max_minutes=args.max_minutes)
-    resume_state, meta = None, {"dataset": series.name, "source": args.data, "seed": args.seed}
-    if args.resume:
-        obj = read_checkpoint(args.resume)
-        cfg = ModelConfig.from_dict(obj["config"])
-        if cfg.channels != series.channels or cfg.seq_len != args.seq_len:
-            raise UsageError(f"{args.resume} was trained with T={cfg.seq_len}, "
-                             f"C={cfg.channels}; this data gives T={args.seq_len}, "
-                             f"C={series.channels}")
-        model = TimeMAR(cfg)
-        model.vqvae.load_state_dict(obj["vqvae"])
-        model.gpt.load_state_dict(obj["gpt"])
-        scaler = MinMaxScaler(obj["scaler_lo"].numpy(), obj["scaler_hi"].numpy())
-        meta = obj.get("meta", meta)
-        resume_state = obj.get("train_state") or {"stage": 3}
-        if args.stage == "2":
-            resume_state = resume_state if resume_state.get("stage") == 2 else {"stage": 2, "step": 0}
-    else:
-        cfg = preset(args.preset, args.seq_len, series.channels, **parse_overrides(args.set))
-        model = TimeMAR(cfg)
-        scaler = (MinMaxScaler.identity(series.channels) if series.unit_scaled
-                  else MinMaxScaler.fit(series.values))
-        meta["preset"] = args.preset
-    windows = scaler.to_unit(make_windows(series.values, args.seq_len)).astype(np.float32)
-    counts = model.parameter_counts()
-    if not args.quiet:
-        print(f"data: {series.name}, {len(windows)} windows of {args.seq_len} x {series.channels}; "
-              f"device {device}; parameters {counts['total']:,} "
-              f"(VQ-VAE {counts['total'] - counts['transformer']:,}, "
-              f"transformer {counts['transformer']:,})")
-    stages = {"1": (1,), "2": (2,), "both": (1, 2)}[args.stage]
-    if resume_state and resume_state.get("stage", 0) > max(stages):
-        print(f"{args.resume}: the requested stage(s) are already complete; nothing to do")
-        return 0
-    t0 = time.perf_counter()
-    trainer = Trainer(model, windows, scaler, series.columns, tcfg, out, device, meta,
-                      progress=not args.quiet)
-    trainer.meta["parameters"] = counts
-    trainer.run(stages, resume_state)
-    trainer.meta["train_minutes"] = round(trainer.meta.get("train_minutes", 0)
-                                          + (time.perf_counter() - t0) / 60, 2)
-    trainer.save(None if 2 in stages else {"stage": 2, "step": 0})
-    print(f"saved {out}")
+    train(args.data, out=args.out, seq_len=args.seq_len, preset=args.preset,
+          overrides=parse_overrides(args.set), resume=args.resume, stage=args.stage,
+          steps1=args.steps1, steps2=args.steps2, batch_size=args.batch_size, lr1=args.lr1,
+          lr2=args.lr2, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
+          data_dir=args.data_dir, variable=args.variable, nan=args.nan, header=args.header,
+          non_numeric=args.non_numeric, force=args.force, progress=not args.quiet)
     return 0
 
 
 def cmd_sample(args) -> int:
     from .engine import Engine
+    from .writers import check_output
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    fmt = output_format(out, args.format)
+    check_ckpt_arg(args.ckpt)
+    # the output path, its folder and the format's dependencies, before loading anything; the
+    # channel names are checked against the table's columns once the model is known
+    check_output(out, fmt, [], args.force)
     engine = Engine.load(args.ckpt, device=args.device, backend=args.backend)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,
-        progress=not args.quiet, overwrite=args.force, fmt=args.format)
+        progress=not args.quiet, overwrite=args.force, fmt=fmt)
     dt = time.perf_counter() - t0
     if not args.quiet:
         print(f"wrote {args.n} windows of {engine.seq_len} x {len(engine.channels)} to {out} "
@@ -258,29 +227,63 @@ def default_real_data(meta: dict) -> str | None:
 def cmd_evaluate(args) -> int:
     from .backends import resolve_device
     from .engine import Engine
-    from .evaluation import (evaluate_checkpoint, format_table, load_windows, scale_pair,
-                             score_windows, write_json)
+    from .evaluation import (evaluate_checkpoint, format_table, scale_pair, score_windows,
+                             write_json)
+    from .safe_io import check_writable
 
-    device = resolve_device(args.device)
-    common = dict(metrics=args.metrics, repeats=args.repeats, seed=args.seed, device=device,
-                  iterations={k: int(v) for k, v in parse_overrides(args.iterations).items()},
-                  plot=args.plot, progress=not args.quiet)
-    if args.real or args.fake:
+    pair = bool(args.real or args.fake)
+    if pair:
         if not (args.real and args.fake) or args.ckpt or args.data:
             raise UsageError("--real and --fake go together, without --ckpt or --data")
-        real, fake = scale_pair(load_windows(args.real), load_windows(args.fake), args.assume_unit)
+        extra = [f for f, v in (("--n", args.n), ("--batch-size", args.batch_size),
+                                ("--variable", args.variable), ("--data-dir", args.data_dir),
+                                ("--nan", args.nan), ("--no-header", args.header),
+                                ("--non-numeric", args.non_numeric))
+                 if v is not None]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} appl{'ies' if len(extra) == 1 else 'y'} to "
+                             f"sampling from a checkpoint, not to --real/--fake")
+    if args.plot:
+        check_plot_dependencies()
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise UsageError(f"--json and --plot name the same file {args.json}")
+    device = resolve_device(args.device)
+    common = dict(metrics=args.metrics, repeats=args.repeats, seed=args.seed, device=device,
+                  iterations=dict(args.iterations), plot=args.plot, progress=not args.quiet)
+    if pair:
+        real, fake = read_windows("--real", args.real), read_windows("--fake", args.fake)
+        if real.shape[1:] != fake.shape[1:]:
+            raise UsageError(f"--real {args.real} has windows of T x C = {real.shape[1]} x "
+                             f"{real.shape[2]}, --fake {args.fake} {fake.shape[1]} x "
+                             f"{fake.shape[2]}; they must match")
+        check_metric_shapes(args.metrics, **{"--real": real.shape, "--fake": fake.shape})
+        real, fake = scale_pair(real, fake, args.assume_unit)
+    else:
+        check_ckpt_arg(args.ckpt)
+    if args.json:  # before the long computation, not after it
+        check_writable(args.json, args.force)
+    if args.plot:
+        check_writable(args.plot, overwrite=True)
+    if pair:
         result = score_windows(real, fake, **common)
         result.update(real=args.real, fake=args.fake)
     else:
         engine = Engine.load(args.ckpt, device=device)
+        check_metric_shapes(args.metrics, **{"--n": (args.n, None, None), "the model": (
+            None, engine.seq_len, len(engine.channels))})
         data = args.data or default_real_data(engine.meta)
         if not data:
             raise UsageError("say which real data to compare with: --data NAME_OR_FILE")
+        stored = engine.meta.get("data_options", {})
+        opts = {k: stored.get(k, default) if v is None else v
+                for k, v, default in (("nan", args.nan, "error"), ("header", args.header, True),
+                                      ("non_numeric", args.non_numeric, "error"))}
         result = evaluate_checkpoint(engine, data, args.data_dir, n=args.n,
-                                     batch_size=args.batch_size, variable=args.variable, **common)
+                                     batch_size=args.batch_size, variable=args.variable,
+                                     **opts, **common)
     print(format_table(result))
     if args.json:
-        write_json(result, args.json)
+        write_json(result, args.json, overwrite=args.force)
         print(f"wrote {args.json}")
     if result.get("plots"):
         print("wrote " + ", ".join(result["plots"]))
@@ -290,6 +293,7 @@ def cmd_evaluate(args) -> int:
 def cmd_info(args) -> int:
     from .engine import Engine
 
+    check_ckpt_arg(args.ckpt)
     info = Engine.load(args.ckpt, device="cpu").info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -313,17 +317,28 @@ def cmd_info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from .safe_io import Terminated, install_termination_handler
 
-    args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-               "info": cmd_info}[args.command]
+    install_termination_handler()  # SIGTERM then cleans up like Ctrl-C
     try:
-        return handler(args)
-    except (UsageError, CheckpointError, DataError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from .checkpoint import CheckpointError
+        from .data import DataError
+
+        args = build_parser().parse_args(argv)
+        handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+                   "info": cmd_info}[args.command]
+        try:
+            return handler(args)
+        except (UsageError, CheckpointError, DataError, FileExistsError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

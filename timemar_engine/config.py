@@ -2,7 +2,54 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+
+# inclusive lower and upper bounds of numeric fields (None: unbounded); dropout excludes 1
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "seq_len": (4, None), "channels": (1, None), "coarse_factor": (1, None), "hidden": (1, None),
+    "enc_blocks": (1, None), "code_dim": (1, None), "codebook_size": (2, 32767),
+    "phi_convs": (1, None), "phi_alpha": (0, 1), "attn_heads": (1, None), "beta": (0, None),
+    "w_components": (0, None), "w_fft": (0, None), "d_model": (1, None), "n_layer": (1, None),
+    "n_head": (1, None), "dropout": (0, 0.999),
+    "batch_size": (1, None), "stage1_steps": (0, None), "stage2_steps": (0, None),
+    "lr1": (1e-12, 10), "lr2": (1e-12, 10), "weight_decay": (0, None), "warmup": (0, None),
+    "grad_clip": (1e-12, None), "max_minutes": (1e-6, None), "dead_code_every": (1, None),
+    "log_every": (1, None),
+}
+
+
+def _typed(name: str, value, kind: str):
+    """value checked against a field's annotation ('int', 'float', 'bool', 'tuple[int, ...]',
+    'float | None') and its BOUNDS; ints are accepted for floats. Raises ValueError."""
+    if kind.endswith("| None"):
+        return None if value is None else _typed(name, value, kind[:-len("| None")].strip())
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of integers, got {value!r}")
+        return tuple(_typed(f"{name} entry", v, "int") for v in value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int" and not (number and float(value).is_integer()):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if kind == "float" and not (number and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = int(value) if kind == "int" else float(value)
+    lo, hi = BOUNDS.get(name, (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        where = (f">= {lo:g}" if hi is None else f"<= {hi:g}" if lo is None
+                 else f"in [{lo:g}, {hi:g}]")
+        raise ValueError(f"{name} must be {where}, got {value!r}")
+    return value
+
+
+def check_fields(obj) -> None:
+    """Type- and range-check every field of a config dataclass in place."""
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, _typed(f.name, getattr(obj, f.name), str(f.type)))
 
 
 def default_scales(seq_len: int) -> tuple[int, ...]:
@@ -47,8 +94,8 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        self.scales = tuple(int(s) for s in (self.scales or default_scales(self.seq_len)))
-        self.trend_kernels = tuple(int(k) for k in self.trend_kernels)
+        check_fields(self)
+        self.scales = self.scales or default_scales(self.seq_len)
         self.validate()
 
     @property
@@ -70,14 +117,23 @@ class ModelConfig:
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
         s = self.scales
+        if len(s) < 2:
+            raise ValueError(f"scales needs at least two token maps (the transformer predicts "
+                             f"each scale from the coarser ones), got {list(s)} for seq_len "
+                             f"{self.seq_len}")
         if any(b <= a for a, b in zip(s, s[1:])) or s[0] < 1:
-            raise ValueError(f"scales must be strictly increasing positive lengths, got {s}")
+            raise ValueError(f"scales must be strictly increasing positive lengths, got {list(s)}")
+        if any(k < 1 for k in self.trend_kernels) or not self.trend_kernels:
+            raise ValueError(f"trend_kernels must be positive sizes, got {list(self.trend_kernels)}")
         ratio = self.seq_len // s[-1]
         if self.seq_len % s[-1] or ratio & (ratio - 1):
             raise ValueError(
                 f"seq_len {self.seq_len} must be the last scale {s[-1]} times a power of two")
-        if self.d_model % self.n_head or self.hidden % self.attn_heads:
-            raise ValueError("d_model must divide by n_head and hidden by attn_heads")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        if self.hidden % self.attn_heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of attn_heads "
+                             f"({self.attn_heads})")
         if not 1 <= self.coarse_factor <= self.seq_len:
             raise ValueError(f"coarse_factor must be in [1, seq_len], got {self.coarse_factor}")
 
@@ -104,9 +160,15 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset(name: str, seq_len: int, channels: int, **overrides) -> ModelConfig:
+def preset(name: str, seq_len: int, channels: int, overrides: dict | None = None) -> ModelConfig:
+    """A preset's config for windows of seq_len x channels, with model-field overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    fixed = {"seq_len": "the window length is set by seq_len (--seq-len)",
+             "channels": "the channel count comes from the data"}
+    overrides = overrides or {}
+    for key in fixed.keys() & overrides.keys():
+        raise ValueError(f"{key} cannot be overridden: {fixed[key]}")
     return ModelConfig.from_dict({"seq_len": seq_len, "channels": channels, **PRESETS[name],
                                   **overrides})
 
@@ -127,3 +189,14 @@ class TrainConfig:
     max_minutes: float | None = None
     dead_code_every: int = 100
     log_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training fields: {sorted(unknown)}")
+        return cls(**d)

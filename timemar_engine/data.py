@@ -1,10 +1,13 @@
 """Loading time series (CSV, .npy, .mat, Parquet, generated Sines), scaling and windowing."""
 from __future__ import annotations
 
+import csv
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -15,7 +18,9 @@ class DataError(ValueError):
 
 @dataclass
 class Series:
-    """A table of observations: (L, C) rows x channels, or (N, T, C) ready-cut windows."""
+    """A table of observations: (L, C) rows x channels, or (N, T, C) ready-cut windows.
+
+    values is float64, or float32/float64 read-only np.memmap for .npy input."""
 
     values: np.ndarray
     columns: list[str]
@@ -61,7 +66,7 @@ def sines(n: int = 10000, seq_len: int = 24, channels: int = 5, seed: int = 123)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, nan: str = "error",
-                 seq_len: int = 24) -> Series:
+                 seq_len: int = 24, *, non_numeric: str = "error") -> Series:
     """A named benchmark dataset (`sines` is generated; the others are read under data_dir)."""
     key = name.lower()
     if key == "sines":
@@ -75,7 +80,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, nan: str 
     for f in files:
         if (base / f).exists():
             series = load_file(base / f, variable=spec.get("variable"), nan=nan,
-                               drop=spec.get("drop", ()))
+                               drop=spec.get("drop", ()), non_numeric=non_numeric)
             series.name = key
             return series
     raise DataError(f"dataset {name!r} not found: looked for {', '.join(files)} under {base} "
@@ -83,36 +88,53 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, nan: str 
 
 
 def load_any(data: str, data_dir: str | os.PathLike | None = None, variable: str | None = None,
-             nan: str = "error", seq_len: int = 24) -> Series:
-    """A named dataset (see NAMED) or, for anything else, a file path."""
+             nan: str = "error", seq_len: int = 24, *, header: bool = True,
+             non_numeric: str = "error") -> Series:
+    """A named dataset (see NAMED) or, for anything else, a file path (see `load_file`)."""
     if data.lower() in NAMED:
-        return load_dataset(data, data_dir, nan=nan, seq_len=seq_len)
-    return load_file(data, variable=variable, nan=nan)
+        if not header:
+            raise DataError(f"{data} is a named dataset with a known layout; --no-header "
+                            "(header=False) is for CSV files without a header row")
+        return load_dataset(data, data_dir, nan=nan, seq_len=seq_len, non_numeric=non_numeric)
+    return load_file(data, variable=variable, nan=nan, header=header, non_numeric=non_numeric)
 
 
 def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "error",
-              drop: tuple[str, ...] = ()) -> Series:
-    """Read a CSV / .npy / .mat / Parquet file into a checked float64 Series.
+              drop: tuple[str, ...] = (), *, header: bool = True,
+              non_numeric: str = "error") -> Series:
+    """Read a CSV / .npy / .mat / Parquet file into a checked Series (NaN/inf: `nan` policy).
 
-    Table columns named in `drop` are removed silently; other non-numeric ones with a warning."""
+    .npy float32/float64 arrays are memory-mapped read-only (no copy; larger than RAM works);
+    everything else becomes float64. Tables: `drop` columns go silently; a column with no
+    numeric cell (dates, names) is dropped with a warning; a column with numbers and some
+    non-numeric cells is a DataError naming the first bad cell (data row counted from 1, header
+    not counted), its column, text and the count, or with non_numeric="drop" is dropped with a
+    warning. Empty cells are missing values (the `nan` policy). CSV: with header=True a first
+    row of numbers only is a DataError (it would be lost as a header); header=False reads
+    every row as data, columns col0, col1, ... (other file types ignore `header`)."""
+    if non_numeric not in ("error", "drop"):
+        raise ValueError(f"non_numeric policy must be error or drop, got {non_numeric!r}")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt"):
-        values, columns = _read_table(path, "csv", drop)
+        values, columns = _read_table(path, "csv", drop, header, non_numeric)
     elif suffix in (".parquet", ".pq"):
-        values, columns = _read_table(path, "parquet", drop)
+        values, columns = _read_table(path, "parquet", drop, True, non_numeric)
     elif suffix == ".npy":
-        values = np.load(path, allow_pickle=False)
+        values = _read_npy(path)
         columns = [f"ch{c}" for c in range(values.shape[-1])] if values.ndim else []
     elif suffix == ".mat":
         values, columns = _read_mat(path, variable)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv, .npy, .mat, .parquet)")
-    if not np.issubdtype(values.dtype, np.number):
+    if values.dtype.kind not in "iuf":
         raise DataError(f"{path}: array has non-numeric dtype {values.dtype}")
-    values = np.asarray(values, dtype=np.float64)
+    if suffix != ".npy":
+        values = np.asarray(values, dtype=np.float64)
     if values.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2-D series (time x channels) or 3-D windows "
                         f"(n x time x channels), got shape {values.shape}")
@@ -122,12 +144,38 @@ def load_file(path: str | os.PathLike, variable: str | None = None, nan: str = "
     return Series(values, columns, path.stem)
 
 
-def _read_table(path: Path, kind: str, drop: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        values = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy raises several types for bad headers and truncated files
+        raise DataError(f"{path}: not a readable .npy array: {e}") from e
+    if values.dtype.kind == "f" and values.itemsize in (4, 8):
+        return values
+    return np.array(values, dtype=np.float64) if values.dtype.kind in "iuf" else values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_table(path: Path, kind: str, drop: tuple[str, ...], header: bool, non_numeric: str
+                ) -> tuple[np.ndarray, list[str]]:
     import pandas as pd
 
+    if kind == "csv" and header:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            first = [f.strip() for f in next(csv.reader(fh, skipinitialspace=True), [])]
+        if any(first) and all(_is_number(f) for f in first if f):
+            raise DataError(f"{path}: the first row looks like data, not a header (every field "
+                            f"is a number: {', '.join(first[:4])}{', ...' if len(first) > 4 else ''}"
+                            "); if the file has no header row, pass --no-header (header=False)")
     try:
         if kind == "csv":
-            df = pd.read_csv(path, skipinitialspace=True)
+            df = pd.read_csv(path, skipinitialspace=True, header=0 if header else None)
         else:
             df = pd.read_parquet(path)
     except ImportError as e:
@@ -137,23 +185,51 @@ def _read_table(path: Path, kind: str, drop: tuple[str, ...]) -> tuple[np.ndarra
         raise DataError(f"{path}: ragged or malformed rows: {e}") from e
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file is empty") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); save it as a UTF-8 CSV") from e
+    if not header:
+        df.columns = [f"col{i}" for i in range(df.shape[1])]
     df = df.drop(columns=[c for c in drop if c in df.columns])
-    numeric, dropped = [], []
+    numeric, textual, mixed = [], [], []  # mixed: (first bad row, column, bad count, text)
     for col in df.columns:
-        if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+        s = df[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             numeric.append(col)
             continue
-        converted = pd.to_numeric(df[col], errors="coerce")
-        if converted.notna().sum() == df[col].notna().sum() and len(df) and df[col].notna().any():
+        converted = pd.to_numeric(s, errors="coerce")
+        bad = (s.notna() & converted.isna()).to_numpy()
+        n_bad = int(bad.sum())
+        if n_bad == 0:
             df[col] = converted
             numeric.append(col)
+        elif n_bad == int(s.notna().sum()):
+            textual.append(str(col))
         else:
-            dropped.append(str(col))
-    if dropped:
-        warnings.warn(f"{path}: dropped non-numeric column(s): {', '.join(dropped)}", stacklevel=3)
+            row = int(np.flatnonzero(bad)[0])
+            mixed.append((row, str(col), n_bad, str(s.iloc[row])))
+    if textual:
+        warnings.warn(f"{path}: dropped non-numeric column(s): {', '.join(textual)}", stacklevel=3)
+    if mixed:
+        below = " below the header" if kind == "csv" and header else ""
+        cells = [f"{c!r} ({n} cell(s), first {t[:40]!r} at data row {r + 1})"
+                 for r, c, n, t in mixed]
+        if non_numeric == "drop":
+            warnings.warn(f"{path}: dropped column(s) with non-numeric cells: {'; '.join(cells)}",
+                          stacklevel=3)
+        else:
+            row, col, _, text = min(mixed, key=lambda m: m[0])  # ties: the leftmost column
+            hint = (" The first row looks like a header: remove --no-header."
+                    if not header and all(r == 0 and k == 1 for r, _, k, _ in mixed) else "")
+            raise DataError(
+                f"{path}: non-numeric cell {text[:40]!r} at data row {row + 1} (counting from 1"
+                f"{below}), column {col!r}; {sum(m[2] for m in mixed)} non-numeric cell(s) in "
+                f"otherwise numeric column(s): {'; '.join(cells)}. Fix or empty those cells "
+                f"(empty cells follow --nan), or pass --non-numeric drop to drop such columns."
+                + hint)
     if not numeric:
         raise DataError(f"{path}: no numeric columns (found: {', '.join(map(str, df.columns))})")
-    return df[numeric].to_numpy(dtype=np.float64), [str(c) for c in numeric]
+    values = df[numeric].to_numpy(dtype=np.float64)
+    return values, [str(c) for c in numeric]
 
 
 def _read_mat(path: Path, variable: str | None) -> tuple[np.ndarray, list[str]]:
@@ -176,24 +252,48 @@ def _read_mat(path: Path, variable: str | None) -> tuple[np.ndarray, list[str]]:
     return values, [f"{variable}{c}" for c in range(values.shape[-1])]
 
 
+CHUNK = 1 << 22  # elements per step of the chunk-wise passes (32 MiB as float64)
+
+
+def row_chunks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, values[start:start + k]) along axis 0, about CHUNK elements at a time (views)."""
+    step = max(1, CHUNK // max(1, math.prod(values.shape[1:])))
+    for i in range(0, len(values), step):
+        yield i, values[i:i + step]
+
+
 def handle_nonfinite(values: np.ndarray, columns: list[str], nan: str, where: str) -> np.ndarray:
-    """Apply the NaN/inf policy: 'error' (say where), 'drop' rows, or 'ffill' (then back-fill)."""
+    """Apply the NaN/inf policy: 'error' (say where), 'drop' rows, or 'ffill' (then back-fill).
+
+    Checked chunk-wise, so a memory-mapped input is not copied when it is all finite."""
     if nan not in ("error", "drop", "ffill"):
         raise ValueError(f"nan policy must be error, drop or ffill, got {nan!r}")
-    bad = ~np.isfinite(values)
-    if not bad.any():
+    if values.dtype.kind != "f":
+        return values
+    bad_rows, count, first = np.zeros(len(values), dtype=bool), 0, None
+    for i, chunk in row_chunks(values):
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            count += int(bad.sum())
+            if first is None:
+                first = np.argwhere(bad)[0]
+                first[0] += i
+            bad_rows[i:i + len(chunk)] = bad.reshape(len(chunk), -1).any(axis=1)
+    if not count:
         return values
     if nan == "error" or values.ndim == 3:
-        pos = np.argwhere(bad)[0]
-        col = columns[pos[-1]] if pos[-1] < len(columns) else str(pos[-1])
-        at = f"row {pos[0]}" if values.ndim == 2 else f"window {pos[0]}, step {pos[1]}"
-        raise DataError(f"{where}: {int(bad.sum())} NaN/inf value(s); first at {at}, column "
-                        f"{col!r} (use --nan drop or --nan ffill for 2-D series)")
+        col = columns[first[-1]] if first[-1] < len(columns) else str(first[-1])
+        at = f"row {first[0]}" if values.ndim == 2 else f"window {first[0]}, step {first[1]}"
+        raise DataError(f"{where}: {count} NaN/inf value(s); first at {at}, column {col!r} "
+                        f"(rows count from 0, after any header; use --nan drop or --nan ffill "
+                        f"for 2-D series)")
     if nan == "drop":
-        return values[~bad.any(axis=1)]
+        return np.asarray(values[~bad_rows])  # a plain array, not a memmap subclass
     import pandas as pd
 
-    filled = pd.DataFrame(np.where(bad, np.nan, values)).ffill().bfill().to_numpy()
+    filled = np.array(values)
+    filled[~np.isfinite(filled)] = np.nan
+    filled = pd.DataFrame(filled).ffill().bfill().to_numpy()
     if np.isnan(filled).any():
         raise DataError(f"{where}: a column has no finite value at all")
     return filled
@@ -201,19 +301,37 @@ def handle_nonfinite(values: np.ndarray, columns: list[str], nan: str, where: st
 
 @dataclass
 class MinMaxScaler:
-    """Per-channel min-max to [0, 1]; constant channels map to 0 and back exactly."""
+    """Per-channel min-max to [0, 1]. A constant channel (lo == hi) maps to 0, and any unit
+    value maps back to exactly lo, so it round-trips bit for bit."""
 
     lo: np.ndarray
     hi: np.ndarray
 
+    def __post_init__(self):
+        self.lo = np.asarray(self.lo, dtype=np.float64)
+        self.hi = np.asarray(self.hi, dtype=np.float64)
+
     @classmethod
     def fit(cls, values: np.ndarray) -> "MinMaxScaler":
-        flat = values.reshape(-1, values.shape[-1])
-        return cls(flat.min(axis=0), flat.max(axis=0))
+        """Per-channel (last axis) min and max, computed chunk-wise (no copy of values)."""
+        if values.size == 0:
+            raise DataError("cannot fit a scaler on an empty series")
+        lo = np.full(values.shape[-1], np.inf)
+        hi = np.full(values.shape[-1], -np.inf)
+        for _, chunk in row_chunks(values):
+            axes = tuple(range(chunk.ndim - 1))
+            np.minimum(lo, chunk.min(axis=axes), out=lo)
+            np.maximum(hi, chunk.max(axis=axes), out=hi)
+        return cls(lo, hi)
 
     @classmethod
     def identity(cls, channels: int) -> "MinMaxScaler":
         return cls(np.zeros(channels), np.ones(channels))
+
+    @classmethod
+    def for_series(cls, series: Series) -> "MinMaxScaler":
+        """The identity for unit-scaled series (Sines), else fitted on the whole series."""
+        return cls.identity(series.channels) if series.unit_scaled else cls.fit(series.values)
 
     @property
     def span(self) -> np.ndarray:
@@ -224,20 +342,34 @@ class MinMaxScaler:
         return (x - self.lo) / self.span
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
-        return u * self.span + self.lo
+        span = self.hi - self.lo
+        return np.where(span > 0, u * span + self.lo, self.lo)
+
+
+def _check_windows(values: np.ndarray, seq_len: int) -> None:
+    if values.ndim == 3 and values.shape[1] != seq_len:
+        raise DataError(f"data holds windows of length {values.shape[1]}, not {seq_len}")
+    if values.ndim == 2 and len(values) < seq_len:
+        raise DataError(f"too few rows: {len(values)} rows cannot make one window of length "
+                        f"{seq_len}")
 
 
 def make_windows(values: np.ndarray, seq_len: int) -> np.ndarray:
     """All windows of length seq_len with stride 1 (a view, no copy); 3-D input passes through."""
+    _check_windows(values, seq_len)
     if values.ndim == 3:
-        if values.shape[1] != seq_len:
-            raise DataError(f"data holds windows of length {values.shape[1]}, not {seq_len}")
         return values
-    if len(values) < seq_len:
-        raise DataError(f"too few rows: {len(values)} rows cannot make one window of length "
-                        f"{seq_len}")
     win = np.lib.stride_tricks.sliding_window_view(values, seq_len, axis=0)
     return win.transpose(0, 2, 1)
+
+
+def scale_to_unit(values: np.ndarray, scaler: MinMaxScaler) -> np.ndarray:
+    """`scaler.to_unit(values)` as one float32 array, computed chunk-wise in float64 (so each
+    value is bit-identical to `scaler.to_unit(values).astype(np.float32)`)."""
+    out = np.empty(values.shape, dtype=np.float32)
+    for i, chunk in row_chunks(values):
+        out[i:i + len(chunk)] = scaler.to_unit(chunk)
+    return out
 
 
 class WindowSet:
@@ -245,17 +377,16 @@ class WindowSet:
     to [0, 1] in float32 and never cut into a (N, T, C) copy (3-D input is kept as given)."""
 
     def __init__(self, unit: np.ndarray, seq_len: int):
-        if unit.ndim == 3 and unit.shape[1] != seq_len:
-            raise DataError(f"data holds windows of length {unit.shape[1]}, not {seq_len}")
-        if unit.ndim == 2 and len(unit) < seq_len:
-            raise DataError(f"too few rows: {len(unit)} rows cannot make one window of length "
-                            f"{seq_len}")
-        self.unit, self.seq_len = unit, seq_len
+        """unit: the [0, 1] series (L, C) or windows (N, T, C), float32 (cast if not)."""
+        _check_windows(unit, seq_len)
+        self.unit, self.seq_len = np.asarray(unit, dtype=np.float32), seq_len
         self._offsets = np.arange(seq_len)
 
     @classmethod
-    def from_series(cls, series: Series, seq_len: int, scaler: "MinMaxScaler") -> "WindowSet":
-        return cls(scaler.to_unit(series.values).astype(np.float32, copy=False), seq_len)
+    def from_series(cls, series: Series, seq_len: int, scaler: MinMaxScaler) -> "WindowSet":
+        """Scale the series once (`scale_to_unit`): memory = the series in float32."""
+        _check_windows(series.values, seq_len)
+        return cls(scale_to_unit(series.values, scaler), seq_len)
 
     def __len__(self) -> int:
         return len(self.unit) if self.unit.ndim == 3 else len(self.unit) - self.seq_len + 1
@@ -266,20 +397,28 @@ class WindowSet:
 
     def gather(self, idx) -> np.ndarray:
         """Windows idx (b,) as a float32 (b, T, C) array in [0, 1]."""
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"window index out of range [0, {len(self)})")
         if self.unit.ndim == 3:
-            return np.ascontiguousarray(self.unit[idx])
+            return self.unit[idx]
         return self.unit[idx[:, None] + self._offsets]
 
-    def chunks(self, batch: int = 1024):
-        """(start, windows) in index order, batch windows at a time."""
+    def chunks(self, batch: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, windows[start:start + batch]) in index order, as float32 (b, T, C) copies."""
+        view = make_windows(self.unit, self.seq_len)
         for i in range(0, len(self), batch):
-            yield i, self.gather(np.arange(i, min(i + batch, len(self))))
+            yield i, np.array(view[i:i + batch], order="C")
+
+    def array(self, dtype=np.float32) -> np.ndarray:
+        """All windows as one C-contiguous (N, T, C) array of dtype (one copy; for the metrics,
+        which take full arrays)."""
+        return np.array(make_windows(self.unit, self.seq_len), dtype=dtype, order="C")
 
 
 def prepare(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScaler]:
-    """Windows in [0, 1] (float32) and the scaler fitted on the whole series."""
-    scaler = (MinMaxScaler.identity(series.channels) if series.unit_scaled
-              else MinMaxScaler.fit(series.values))
-    windows = make_windows(series.values, seq_len)
-    return scaler.to_unit(windows).astype(np.float32), scaler
+    """All windows in [0, 1] as one float32 (N, T, C) array, and the scaler fitted on the whole
+    series (`MinMaxScaler.for_series`). Training uses `WindowSet` instead, which never builds
+    this array."""
+    scaler = MinMaxScaler.for_series(series)
+    return WindowSet.from_series(series, seq_len, scaler).array(), scaler

@@ -14,7 +14,7 @@ from . import backends
 from .backends import resolve_device
 from .checkpoint import load_checkpoint
 from .fast_sampling import StreamSampler
-from .sampling import generate
+from .sampling import _is_int, check_filters, generate
 from .writers import guess_format, write_chunks
 
 SCALES = ("data", "unit", "model")
@@ -34,7 +34,7 @@ def default_batch_size(device: torch.device, backend: str = "eager") -> int:
 
 
 def check_count(n) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not _is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
 
 
@@ -82,25 +82,36 @@ class Engine:
     def iter_batches(self, n: int, batch_size: int | None = None, seed: int | None = None,
                      temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, scale: str = "data") -> Iterator[np.ndarray]:
-        """Yield float32 chunks (b, T, C) that add up to n windows, in the requested scale."""
+        """Yield float32 chunks (b, T, C) that add up to n windows, in the requested scale.
+
+        Every argument is checked here, when this is called (before any sampling), and a bad one
+        is a ValueError that names it: n and batch_size positive integers, seed None or an integer
+        in [-2**63, 2**64), temperature finite > 0, top_k an integer >= 1 (>= the codebook size
+        keeps every code), top_p in (0, 1], scale one of 'data', 'unit', 'model'."""
         check_count(n)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        batch_size = batch_size or default_batch_size(self.device, self.backend)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if seed is not None and (not _is_int(seed) or not -2 ** 63 <= seed < 2 ** 64):
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+        filters = check_filters(temperature, top_k, top_p)
+        batch_size = int(batch_size or default_batch_size(self.device, self.backend))
+        return self._batches(int(n), batch_size, None if seed is None else int(seed), filters,
+                             scale)
+
+    def _batches(self, n: int, batch_size: int, seed: int | None, filters: dict,
+                 scale: str) -> Iterator[np.ndarray]:
         gen = torch.Generator(self.device)
         if seed is None:
             gen.seed()
         else:
-            gen.manual_seed(int(seed))
+            gen.manual_seed(seed)
         sizes = (min(batch_size, n - i) for i in range(0, n, batch_size))
         if self._sampler is not None:
-            batches = self._sampler.iter_generate(sizes, gen, temperature=temperature, top_k=top_k,
-                                                  top_p=top_p)
+            batches = self._sampler.iter_generate(sizes, gen, **filters)
         else:
-            batches = (generate(self.model, b, gen, temperature=temperature, top_k=top_k,
-                                top_p=top_p) for b in sizes)
+            batches = (generate(self.model, b, gen, **filters) for b in sizes)
         for x in batches:
             yield self._to_scale(x, scale)
 

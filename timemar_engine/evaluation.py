@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from .data import DataError, MinMaxScaler, load_any, prepare
+from .data import DataError, MinMaxScaler, Series, WindowSet, load_any
 from .metrics.report import METRICS, evaluate_arrays
 
 if TYPE_CHECKING:
@@ -18,10 +18,21 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
-def real_windows(data: str, data_dir: str | Path | None, seq_len: int, variable: str | None = None
+def real_windows(data: str, data_dir: str | Path | None, seq_len: int, variable: str | None = None,
+                 *, nan: str = "error", header: bool = True, non_numeric: str = "error"
                  ) -> tuple[np.ndarray, MinMaxScaler]:
-    """Real windows in [0, 1] (the protocol's real set) and their scaler."""
-    return prepare(load_any(data, data_dir, variable, seq_len=seq_len), seq_len)
+    """Real windows in [0, 1] (the protocol's real set) as one float64 (n, T, C) array, and their
+    scaler. nan, header and non_numeric are the loader's policies (`data.load_file`)."""
+    series = load_any(data, data_dir, variable, nan, seq_len, header=header,
+                      non_numeric=non_numeric)
+    return _unit_windows(series, seq_len)
+
+
+def _unit_windows(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScaler]:
+    """The series scaled once to float32, then its windows in one float64 copy (the metrics
+    take full float64 arrays)."""
+    scaler = MinMaxScaler.for_series(series)
+    return WindowSet.from_series(series, seq_len, scaler).array(np.float64), scaler
 
 
 def load_windows(path: str | Path) -> np.ndarray:
@@ -64,16 +75,22 @@ def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None
                         variable: str | None = None, metrics: Sequence[str] = METRICS,
                         repeats: int = 5, seed: int = 0, device: "str | torch.device | None" = None,
                         iterations: Mapping[str, int] | None = None,
-                        plot: str | Path | None = None, progress: bool = True) -> dict:
+                        plot: str | Path | None = None, progress: bool = True,
+                        nan: str = "error", header: bool = True,
+                        non_numeric: str = "error") -> dict:
     """Sample n windows (default: as many as the real set) and score them against `data`.
 
-    Real = all windows of `data` in [0, 1] (`real_windows`); fake = the samples in data units
-    mapped to [0, 1] by the same real scaler. Sampling and the metrics use `seed`; the metrics
-    run on `device` (default: the engine's). Returns `score_windows`' dict plus dataset, ckpt and
-    sample_seconds."""
-    real, scaler = real_windows(data, data_dir, engine.seq_len, variable)
-    if real.shape[2] != len(engine.channels):
-        raise DataError(f"{data} has {real.shape[2]} channels, the model {len(engine.channels)}")
+    Real = all windows of `data` in [0, 1] (`real_windows`, read with the nan, header and
+    non_numeric policies); fake = the samples in data units mapped to [0, 1] by the same real
+    scaler. Sampling and the metrics use `seed`; the metrics run on `device` (default: the
+    engine's). Returns `score_windows`' dict plus dataset, ckpt and sample_seconds."""
+    series = load_any(data, data_dir, variable, nan, engine.seq_len, header=header,
+                      non_numeric=non_numeric)
+    if series.channels != len(engine.channels):
+        raise DataError(f"{data} has {series.channels} channels, the model "
+                        f"{len(engine.channels)}")
+    real, scaler = _unit_windows(series, engine.seq_len)
+    del series  # the raw table is not needed while sampling and scoring
     t0 = time.perf_counter()
     fake = engine.sample(n or len(real), batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0
@@ -95,12 +112,13 @@ def format_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_json(result: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+def write_json(result: dict, path: str | Path, overwrite: bool = False) -> None:
+    """Write result as indented JSON, atomically; an existing path needs overwrite=True."""
+    from .safe_io import atomic_output
+
+    text = json.dumps(result, indent=2)
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(text)
 
 
 def window_stats(windows: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import backends
 from .decompose import area_resize
 from .model import TimeMAR
-from .sampling import filter_logits
+from .sampling import _is_int, check_filters, filter_logits
 
 
 def draw_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -169,14 +169,16 @@ class FastSampler:
     def generate(self, batch: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, return_indices: bool = False):
         """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale (and the token maps)."""
+        if not _is_int(batch) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
         filters = self.check_filters(temperature=temperature, top_k=top_k, top_p=top_p)
         x, indices = self.run(self.draw_uniforms(batch, generator), filters)
         return (x, indices) if return_indices else x
 
     def check_filters(self, **filters) -> dict:
-        """Validate temperature / top_k / top_p once, before any work."""
-        filter_logits(torch.zeros(1, self.cfg.codebook_size, device=self.device), **filters)
-        return filters
+        """Validate temperature / top_k / top_p once, before any work (`sampling.check_filters`:
+        the same rules and numbers as the eager sampler)."""
+        return check_filters(**filters)
 
     def draw_uniforms(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
         """The (batch, L) uniforms that decide every token of a batch."""

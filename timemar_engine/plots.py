@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .metrics._common import one_blas_thread
+from .safe_io import atomic_output
 
 __all__ = ["plot_evaluation"]
 
@@ -123,7 +124,8 @@ def plot_evaluation(real, fake, path, seed: int = 0, max_points: int = 1000, *,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     written = [path]
 
     if C <= 64:
@@ -144,6 +146,7 @@ def plot_evaluation(real, fake, path, seed: int = 0, max_points: int = 1000, *,
                      fontsize=10)
         fig.tight_layout()
         cpath = path.with_name(path.stem + "_channels.png")
-        fig.savefig(cpath, dpi=100)
+        with atomic_output(cpath, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         written.append(cpath)
     return written

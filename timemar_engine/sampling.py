@@ -1,34 +1,69 @@
 """Eager next-scale sampling: the plain-PyTorch reference path with a KV cache."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from .decompose import area_resize
 from .model import TimeMAR
 
 
+def _is_real(x) -> bool:
+    return (isinstance(x, (int, float, np.integer, np.floating))
+            and not isinstance(x, (bool, np.bool_)))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_filters(temperature=1.0, top_k=None, top_p=None) -> dict:
+    """Validated sampling filters as plain Python numbers, or a ValueError naming the bad one.
+
+    temperature: a finite number > 0 (as it goes to 0, sampling goes to argmax; any tiny value
+    works); top_k: None or an integer >= 1 (a value >= the codebook size keeps every code);
+    top_p: None or a number in (0, 1]."""
+    try:
+        t = float(temperature) if _is_real(temperature) else math.nan
+    except OverflowError:  # an int too large for a float
+        t = math.inf
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):  # NaN fails too
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    return {"temperature": t, "top_k": None if top_k is None else int(top_k),
+            "top_p": None if top_p is None else float(top_p)}
+
+
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
-    """Temperature, then top-k (ties at the k-th value kept), then top-p (nucleus) on (..., V)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    """Temperature, then top-k (ties at the k-th value kept), then top-p (nucleus) on (..., V).
+
+    With a temperature other than 1 the logits are first shifted so each row's maximum is 0
+    (softmax is unchanged by the shift): the scaled logits cannot overflow, and a temperature
+    too small to divide by in the logits' dtype gives the limit, argmax (ties kept). A top_k of
+    at least V keeps every code."""
+    f = check_filters(temperature, top_k, top_p)
+    temperature, top_k, top_p = f["temperature"], f["top_k"], f["top_p"]
     if temperature != 1:
-        logits = logits / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_k < logits.shape[-1]:
-            kth = logits.topk(top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_p < 1:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
-            drop = torch.zeros_like(drop).scatter(-1, order, drop)
-            logits = logits.masked_fill(drop, float("-inf"))
+        shifted = logits - logits.amax(-1, keepdim=True)
+        if temperature < torch.finfo(logits.dtype).tiny:  # the division would underflow / NaN
+            logits = shifted.masked_fill(shifted < 0, float("-inf"))
+        else:
+            logits = shifted / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
+        drop = torch.zeros_like(drop).scatter(-1, order, drop)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
@@ -44,6 +79,9 @@ def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = Non
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              return_indices: bool = False):
     """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale."""
+    if not _is_int(batch) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    filters = check_filters(temperature, top_k, top_p)
     gpt, quant = model.gpt, model.vqvae.quant
     scales = model.cfg.scales
     gpt.setup_cache(batch)
@@ -51,7 +89,7 @@ def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = Non
         f_hat, inputs, indices = None, None, []
         for k, s in enumerate(scales):
             logits = gpt.step(inputs, k, batch)
-            idx = sample_tokens(logits, generator, temperature=temperature, top_k=top_k, top_p=top_p)
+            idx = sample_tokens(logits, generator, **filters)
             h = quant.embed(idx, k)
             f_hat = h if f_hat is None else f_hat.add_(h)
             indices.append(idx)

@@ -1,8 +1,12 @@
 """Two-stage training in plain PyTorch: stage 1 the VQ-VAE, stage 2 the scale GPT."""
 from __future__ import annotations
 
-import math
+import contextlib
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,81 +17,81 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import MinMaxScaler
+from .data import MinMaxScaler, WindowSet
 from .model import TimeMAR
 from .quantizer import perplexity
+from .schedule import EpochOrder, StepBudget
 
 SAVE_EVERY_S = 120.0
-
-
-class StepBudget:
-    """Total steps for a stage, shrunk once the step time is known so a time budget is kept;
-    the learning-rate schedule (linear warm-up, cosine decay to 10%) follows the shrunk total."""
-
-    def __init__(self, total: int, warmup: int, seconds: float | None):
-        self.requested = self.total = total
-        self.warmup, self.seconds = warmup, seconds
-        self.t0 = time.perf_counter()
-
-    def lr_factor(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        frac = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    def observe(self, step: int, first_step: int) -> None:
-        """At step 20 and every 200 steps after, cap the total by what fits in the time budget
-        at the average speed so far (it can grow back to the requested count)."""
-        done = step - first_step
-        if self.seconds is None or done < 20 or (done != 20 and done % 200):
-            return
-        elapsed = time.perf_counter() - self.t0
-        fits = step + int((self.seconds - elapsed) / (elapsed / done))
-        self.total = max(step, min(self.requested, fits))
-
-    def out_of_time(self) -> bool:
-        return self.seconds is not None and time.perf_counter() - self.t0 > self.seconds
+REPORT_WINDOWS = 20_000  # stage reports score at most this many (evenly spaced) windows
 
 
 def to_model_scale(windows_unit: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(windows_unit, dtype=np.float32)) * 2 - 1
 
 
-def batches(n: int, batch: int, gen: torch.Generator):
-    """Endless shuffled mini-batch indices (drop_last, reshuffled each epoch)."""
-    batch = min(batch, n)
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch + 1, batch):
-            yield perm[i:i + batch]
+def model_batch(windows: WindowSet, idx, device) -> torch.Tensor:
+    """Windows idx of the set in model scale [-1, 1], on device."""
+    return to_model_scale(windows.gather(np.asarray(idx))).to(device)
+
+
+def report_indices(n: int, limit: int = REPORT_WINDOWS) -> np.ndarray:
+    """All n windows, or `limit` evenly spaced ones."""
+    return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(np.int64)
 
 
 @torch.no_grad()
-def stage1_report(model: TimeMAR, data: torch.Tensor, device, batch: int = 1024) -> dict:
-    """Reconstruction MSE (model scale) and per-scale codebook perplexity / usage on data."""
+def stage1_report(model: TimeMAR, windows: WindowSet, device, batch: int = 1024) -> dict:
+    """Reconstruction MSE (model scale) and per-scale codebook perplexity / usage."""
     vq = model.vqvae.eval()
-    se, idx_all = 0.0, [[] for _ in model.cfg.scales]
-    for i in range(0, len(data), batch):
-        x = data[i:i + batch].to(device)
-        f = vq.latent(x)
-        indices = vq.quant.encode(f)
+    idx = report_indices(len(windows))
+    se, count, idx_all = 0.0, 0, [[] for _ in model.cfg.scales]
+    for i in range(0, len(idx), batch):
+        x = model_batch(windows, idx[i:i + batch], device)
+        indices = vq.quant.encode(vq.latent(x))
         x_hat = vq.decode(vq.quant.decode_indices(indices))
-        se += float(((x_hat - x) ** 2).sum())
-        for k, idx in enumerate(indices):
-            idx_all[k].append(idx.cpu())
+        se, count = se + float(((x_hat - x) ** 2).sum()), count + x.numel()
+        for k, ix in enumerate(indices):
+            idx_all[k].append(ix.cpu())
     stats = [perplexity(torch.cat(v), model.cfg.codebook_size) for v in idx_all]
-    return {"recon_mse": se / data.numel(),
+    return {"recon_mse": se / count, "windows": len(idx),
             "perplexity": [round(p, 2) for p, _ in stats],
             "usage": [round(u, 3) for _, u in stats]}
 
 
 @torch.no_grad()
 def tokenize(model: TimeMAR, data: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
-    """All windows as flat token sequences (N, L)."""
+    """Model-scale windows (N, T, C) as flat token sequences (N, L)."""
     vq = model.vqvae.eval()
     out = [torch.cat(vq.tokenize(data[i:i + batch].to(device)), 1).cpu()
            for i in range(0, len(data), batch)]
     return torch.cat(out)
+
+
+class Tokens:
+    """Stage-2 targets: the token sequences (L,) of windows by index.
+
+    When the stage draws at least as many windows as the set holds, all are tokenized once into
+    an int16 table (in fixed chunks, so the table is the same in every run); otherwise each batch
+    is tokenized when drawn, so neither time nor memory grows with the series beyond what the
+    stage uses."""
+
+    def __init__(self, model: TimeMAR, windows: WindowSet, device, draws: int):
+        self.model, self.windows, self.device = model, windows, device
+        n, self.table = len(windows), None
+        if n <= draws:
+            self.table = torch.cat([self._compute(np.arange(i, min(i + 1024, n)))
+                                    for i in range(0, n, 1024)]).to(torch.int16)
+
+    @torch.no_grad()
+    def _compute(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.cat(self.model.vqvae.tokenize(model_batch(self.windows, idx, self.device)),
+                         1).cpu()
+
+    def __call__(self, idx) -> torch.Tensor:
+        idx = np.asarray(idx)
+        t = self.table[torch.from_numpy(idx)].long() if self.table is not None else self._compute(idx)
+        return t.to(self.device)
 
 
 def split_scales(tokens: torch.Tensor, scales: tuple[int, ...]) -> list[torch.Tensor]:
@@ -101,128 +105,217 @@ def per_scale_ce(logits: torch.Tensor, targets: torch.Tensor, scales: tuple[int,
 
 
 @torch.no_grad()
-def stage2_report(model: TimeMAR, tokens: torch.Tensor, device, batch: int = 512) -> dict:
+def stage2_report(model: TimeMAR, tokens: Tokens, batch: int = 512) -> dict:
     model.gpt.eval()
     scales, total = model.cfg.scales, torch.zeros(len(model.cfg.scales))
-    for i in range(0, len(tokens), batch):
-        t = tokens[i:i + batch].to(device)
+    idx = report_indices(len(tokens.windows))
+    for i in range(0, len(idx), batch):
+        t = tokens(idx[i:i + batch])
         inputs = model.vqvae.quant.teacher_inputs(split_scales(t, scales))
         total += per_scale_ce(model.gpt(inputs), t, scales).cpu() * len(t)
-    ce = (total / len(tokens)).tolist()
+    ce = (total / len(idx)).tolist()
     return {"ce_per_scale": [round(c, 4) for c in ce],
             "ce_mean_token": float(sum(c * s for c, s in zip(ce, scales)) / sum(scales))}
 
 
-class Trainer:
-    """Runs the stages, saves atomically to `out` at stage ends and every few minutes."""
+class StopRequested(Exception):
+    """Raised inside the step loop once a resumable checkpoint of the last step is written."""
 
-    def __init__(self, model: TimeMAR, windows_unit: np.ndarray, scaler: MinMaxScaler,
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Within the step loop SIGINT and SIGTERM only set a flag, which the loop checks between
+    steps, so the checkpoint it then writes is a consistent step; a second signal acts at once."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    def handler(signum, frame) -> None:
+        if got:
+            restore()
+            signal.raise_signal(signum)
+        got.append(signum)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield got
+    finally:
+        restore()
+
+
+OnStep = Callable[[int, int, dict], bool | None]
+
+
+class Trainer:
+    """Runs the stages; saves atomically to `out` at stage ends, every `save_every` seconds and
+    when interrupted, with everything needed to continue exactly (see `snapshot`)."""
+
+    def __init__(self, model: TimeMAR, windows: WindowSet | np.ndarray, scaler: MinMaxScaler,
                  channels: list[str], tcfg: TrainConfig, out: str | Path, device,
-                 meta: dict | None = None, progress: bool = True):
-        self.model, self.tcfg, self.out, self.device = model.to(device), tcfg, Path(out), device
-        self.data = to_model_scale(windows_unit)
-        self.scaler, self.channels, self.progress = scaler, channels, progress
-        self.meta = meta or {}
+                 meta: dict | None = None, progress: bool = True,
+                 save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None):
+        if not isinstance(windows, WindowSet):  # (N, T, C) windows in [0, 1]
+            windows = WindowSet(np.asarray(windows, dtype=np.float32), np.shape(windows)[1])
+        self.model, self.windows, self.tcfg = model.to(device), windows, tcfg
+        self.out, self.device, self.progress = Path(out), device, progress
+        self.scaler, self.channels = scaler, channels
+        self.save_every, self.on_step = save_every, on_step
+        self.meta = meta if meta is not None else {}
         self.meta.setdefault("history", {})
         self.meta["train_config"] = asdict(tcfg)
-        self.meta["n_windows"] = len(self.data)
-        self.gen = torch.Generator().manual_seed(tcfg.seed)
+        self.meta["n_windows"] = len(windows)
+        self.stopped_at: tuple[int, int] | None = None
         self._last_save = time.perf_counter()
+        self._run_t0, self._budget_start = time.perf_counter(), 0.0
+
+    def run_seconds(self) -> float:
+        return time.perf_counter() - self._run_t0
 
     def save(self, train_state: dict | None = None) -> None:
+        self.meta["train_minutes"] = round(self.run_seconds() / 60, 2)
         save_checkpoint(self.out, self.model, self.scaler, self.channels, self.meta, train_state)
         self._last_save = time.perf_counter()
 
     def run(self, stages: tuple[int, ...], resume: dict | None = None) -> dict:
+        """Train `stages`, continuing from a checkpoint's train_state; returns the meta."""
+        resume = resume or {}
+        self._run_t0 = time.perf_counter() - resume.get("run_seconds", 0.0)
+        self._budget_start = resume.get("budget_start", 0.0)
         budget = self.tcfg.max_minutes * 60 if self.tcfg.max_minutes else None
-        t0 = time.perf_counter()
-        for stage in stages:
-            if resume and resume.get("stage", 0) > stage:
-                continue
-            seconds = None
-            if budget is not None:
-                left = budget - (time.perf_counter() - t0)
-                seconds = left * (0.4 if (stage == 1 and len(stages) > 1) else 1.0)
-            state = resume if resume and resume.get("stage") == stage else None
-            (self.stage1 if stage == 1 else self.stage2)(seconds, state)
+        try:
+            for stage in stages:
+                if resume.get("stage", 0) > stage:
+                    continue
+                state = resume if resume.get("stage") == stage else {}
+                if "torch_rng" in state:
+                    torch.set_rng_state(state["torch_rng"])
+                if "cuda_rng" in state and torch.device(self.device).type == "cuda":
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+                seconds = None
+                if budget is not None:
+                    left = max(0.0, budget - (self.run_seconds() - self._budget_start))
+                    seconds = left * (0.4 if (stage == 1 and 2 in stages) else 1.0)
+                (self.stage1 if stage == 1 else self.stage2)(seconds, state)
+        except StopRequested:
+            pass
         return self.meta
 
-    def _optimizer(self, params, lr: float, state: dict | None) -> torch.optim.AdamW:
+    def _common_state(self) -> dict:
+        """What every save holds besides the stage's own state: RNGs and the clocks."""
+        state = {"torch_rng": torch.get_rng_state(), "run_seconds": self.run_seconds(),
+                 "budget_start": self._budget_start}
+        if torch.device(self.device).type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _optimizer(self, params, lr: float, state: dict) -> torch.optim.AdamW:
         decay = [p for p in params if p.ndim >= 2]
         rest = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.tcfg.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-        if state and "optimizer" in state:
+        if "optimizer" in state:
             opt.load_state_dict(state["optimizer"])
         return opt
 
-    def _loop(self, stage: int, steps: int, lr: float, params, state, seconds, step_fn, postfix):
-        start = int(state["step"]) if state else 0
-        if state and "rng" in state:
-            self.gen.set_state(state["rng"])
+    def _loop(self, stage: int, steps: int, lr: float, params, state: dict, seconds,
+              step_fn, postfix, extra_state: Callable[[], dict]) -> int:
+        """The optimisation loop of a stage; returns the number of steps done in all sessions."""
+        step = int(state.get("step", 0))
         opt = self._optimizer(params, lr, state)
-        budget = StepBudget(steps, self.tcfg.warmup, seconds)
-        bar = tqdm(total=steps, initial=start, desc=f"stage {stage}", disable=not self.progress,
-                   dynamic_ncols=True)
-        it = batches(len(self.data), self.tcfg.batch_size, self.gen)
-        step = start
-        while step < budget.total and not budget.out_of_time():
-            for g in opt.param_groups:
-                g["lr"] = lr * budget.lr_factor(step)
-            logs = step_fn(next(it), step, budget.total)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            budget.observe(step, start)
-            bar.total = budget.total
-            bar.update(1)
-            if step % self.tcfg.log_every == 0:
-                bar.set_postfix_str(postfix(logs))
-                self.meta["history"].setdefault(f"stage{stage}", []).append(
-                    {"step": step, **{k: [round(x, 4) for x in v.tolist()] if v.ndim else
-                                      round(float(v), 5) for k, v in logs.items()}})
-            if time.perf_counter() - self._last_save > SAVE_EVERY_S:
-                self.save({"stage": stage, "step": step, "optimizer": opt.state_dict(),
-                           "rng": self.gen.get_state()})
-        bar.close()
+        budget = StepBudget(steps, self.tcfg.warmup, seconds, state.get("budget"))
+        order = EpochOrder(len(self.windows), self.tcfg.batch_size, self.tcfg.seed, stage,
+                           state.get("order"))
+
+        def snapshot() -> dict:
+            return {"stage": stage, "step": step, "optimizer": opt.state_dict(),
+                    "budget": budget.state_dict(), "order": order.state_dict(),
+                    **self._common_state(), **extra_state()}
+
+        bar = tqdm(total=budget.total, initial=step, desc=f"stage {stage}",
+                   disable=not self.progress, dynamic_ncols=True)
+        first = step
+        with deferred_signals() as signals, bar:
+            while step < budget.total and not budget.out_of_time():
+                for g in opt.param_groups:
+                    g["lr"] = lr * budget.lr_factor(step)
+                logs = step_fn(order.next(), step, budget.total)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                budget.observe(step, first)
+                bar.total = budget.total
+                bar.update(1)
+                if step % self.tcfg.log_every == 0:
+                    bar.set_postfix_str(postfix(logs))
+                    self.meta["history"].setdefault(f"stage{stage}", []).append(
+                        {"step": step, **{k: [round(x, 4) for x in v.tolist()] if v.ndim else
+                                          round(float(v), 5) for k, v in logs.items()}})
+                stop = bool(signals) or bool(self.on_step and self.on_step(stage, step, logs))
+                if stop or time.perf_counter() - self._last_save > self.save_every:
+                    self.save(snapshot())
+                if stop:
+                    self.stopped_at = (stage, step)
+                    print(f"stopped at stage {stage}, step {step}: {self.out} holds a resumable "
+                          f"checkpoint (continue with --resume {self.out})", file=sys.stderr)
+                    break
+        if signals:
+            signal.raise_signal(signals[0])  # now the usual handler: KeyboardInterrupt etc.
+        if self.stopped_at:
+            raise StopRequested
         return step
 
-    def stage1(self, seconds: float | None, state: dict | None) -> None:
-        tcfg, vq = self.tcfg, self.model.vqvae
+    def stage1(self, seconds: float | None, state: dict | None = None) -> None:
+        state, tcfg, vq = state or {}, self.tcfg, self.model.vqvae
+        quant = vq.quant
         vq.train()
-        revived = [0]
+        revived = [int(state.get("codes_revived", 0))]
+        if "usage" in state:
+            quant.usage.copy_(state["usage"])
+            quant.recent_residuals = state["recent_residuals"].to(self.device)
 
         def step_fn(idx, step, total):
             # revive codes unused since the last check (after the previous optimizer step,
             # never in the last 20% of the stage so the decoder can settle)
             if step and step % tcfg.dead_code_every == 0 and step < 0.8 * total:
-                revived[0] += vq.quant.restart_dead_codes()
-            out = vq(self.data[idx].to(self.device))
+                revived[0] += quant.restart_dead_codes()
+            out = vq(model_batch(self.windows, idx, self.device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(vq.parameters(), tcfg.grad_clip)
             ppl = torch.tensor([perplexity(i, self.model.cfg.codebook_size)[0] for i in out.indices])
             return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()},
                     "perplexity": ppl}
 
+        def extra_state() -> dict:
+            return {"codes_revived": revived[0], "usage": quant.usage.cpu().clone(),
+                    "recent_residuals": quant.recent_residuals.cpu().clone()}
+
         steps = self._loop(1, tcfg.stage1_steps, tcfg.lr1, list(vq.parameters()), state, seconds,
                            step_fn, lambda l: f"loss {l['loss']:.4f} recon {l['recon']:.4f} "
-                           f"perplexity/scale {' '.join(f'{p:.0f}' for p in l['perplexity'])}")
-        report = stage1_report(self.model, self.data, self.device)
+                           f"perplexity/scale {' '.join(f'{p:.0f}' for p in l['perplexity'])}",
+                           extra_state)
+        report = stage1_report(self.model, self.windows, self.device)
         self.meta["stage1"] = {"steps": steps, "codes_revived": revived[0], **report}
-        self.save({"stage": 2, "step": 0})
+        self.save({"stage": 2, "step": 0, **self._common_state()})
         if self.progress:
             print(f"stage 1: {steps} steps, recon MSE {report['recon_mse']:.5f} (model scale), "
                   f"perplexity per scale {report['perplexity']}")
 
-    def stage2(self, seconds: float | None, state: dict | None) -> None:
-        tcfg, gpt, quant = self.tcfg, self.model.gpt, self.model.vqvae.quant
+    def stage2(self, seconds: float | None, state: dict | None = None) -> None:
+        state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
         self.model.vqvae.eval()
-        tokens = tokenize(self.model, self.data, self.device)
+        tokens = Tokens(self.model, self.windows, self.device, tcfg.stage2_steps * tcfg.batch_size)
         scales = self.model.cfg.scales
         gpt.train()
 
         def step_fn(idx, step, total):
-            t = tokens[idx].to(self.device)
+            t = tokens(idx)
             with torch.no_grad():
                 inputs = quant.teacher_inputs(split_scales(t, scales))
             ce = per_scale_ce(gpt(inputs), t, scales)
@@ -233,8 +326,8 @@ class Trainer:
 
         steps = self._loop(2, tcfg.stage2_steps, tcfg.lr2, list(gpt.parameters()), state, seconds,
                            step_fn, lambda l: f"ce {l['ce']:.3f} per scale "
-                           f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}")
-        report = stage2_report(self.model, tokens, self.device)
+                           f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}", dict)
+        report = stage2_report(self.model, tokens)
         self.meta["stage2"] = {"steps": steps, **report}
         self.save()
         if self.progress:

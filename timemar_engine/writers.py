@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from .safe_io import OutputError, atomic_output, check_writable
+
 FORMATS = ("npy", "csv", "parquet")
+INDEX_COLUMNS = ("window", "step")
 
 
 def guess_format(path: Path) -> str:
@@ -44,26 +46,40 @@ def write_npy_chunks(path: str, shape: tuple[int, int, int], chunks: Iterable[np
     return done
 
 
-def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
-                 chunks: Iterable[np.ndarray], channels: list[str], overwrite: bool = False) -> Path:
-    """Write chunks (b, T, C) adding up to shape[0] windows; temp file + rename, never partial."""
-    path = Path(path)
+def check_output(path: Path, fmt: str, channels: list[str], overwrite: bool) -> None:
+    """Every reason `write_chunks` could fail to write, raised before any sampling is done."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    if fmt != "npy":
+        dupes = list(dict.fromkeys(str(c) for c in channels if channels.count(c) > 1))
+        if dupes:
+            raise OutputError(f"{fmt} output: the model's channel names repeat ({', '.join(dupes)}),"
+                              f" so its columns would be ambiguous; write .npy instead")
+        taken = [c for c in channels if c in INDEX_COLUMNS]
+        if taken:
+            raise OutputError(f"{fmt} output: channel {taken[0]!r} has the name of the table's "
+                              f"{taken[0]!r} column (the long table has columns window, step, "
+                              f"<channels>); write .npy instead, or rename that column in the "
+                              f"training data")
     if fmt == "parquet":
         try:
-            import pyarrow  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError("Parquet output needs pyarrow: pip install timemar-engine[parquet]"
-                               ) from e
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise OutputError("Parquet output needs pyarrow, which is not installed: "
+                              "pip install 'timemar-engine[parquet]' (or write .npy or .csv)"
+                              ) from None
+    check_writable(path, overwrite)
+
+
+def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
+                 chunks: Iterable[np.ndarray], channels: list[str], overwrite: bool = False) -> Path:
+    """Write chunks (b, T, C) adding up to shape[0] windows, never a partial file: all checks
+    happen before the first chunk is pulled, the data go through `atomic_output`."""
+    path = Path(path)
+    check_output(path, fmt, list(channels), overwrite)
+    with atomic_output(path, overwrite) as tmp:
         if fmt == "npy":
-            done = write_npy_chunks(tmp, shape, chunks)
+            done = write_npy_chunks(str(tmp), shape, chunks)
         elif fmt == "csv":
             done = 0
             with open(tmp, "w", newline="") as fh:
@@ -80,7 +96,7 @@ def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
                 for chunk in chunks:
                     table = pa.Table.from_pandas(_long_table(chunk, done, channels),
                                                  preserve_index=False)
-                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer = writer or pq.ParquetWriter(str(tmp), table.schema)
                     writer.write_table(table)
                     done += len(chunk)
             finally:
@@ -88,8 +104,4 @@ def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
                     writer.close()
         if done != shape[0]:
             raise RuntimeError(f"internal error: wrote {done} of {shape[0]} windows")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
