@@ -22,58 +22,39 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def int_at_least(low: int, what: str = "an integer"):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < low:
-            raise argparse.ArgumentTypeError(f"must be {what} >= {low}, got {text!r}")
-        return v
-    return parse
+    """An argparse type: an integer >= low."""
+    return lambda text: _number(text, int, lambda v: v >= low, f"{what} >= {low}")
+
+
+def _number(text: str, cast, ok, what: str):
+    """text as cast(text) when ok(value), else an argparse error saying it must be `what`."""
+    try:
+        v = cast(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return v
 
 
 def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (temperatures, learning rates, minutes)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def probability(text: str) -> float:
     """A number in (0, 1] (top-p)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 < v <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return v
+    return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")  # NaN fails too
 
 
 def seed_value(text: str) -> int:
     """An integer torch can seed with: [-2**63, 2**64)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = None
-    if v is None or not -2 ** 63 <= v < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64), got {text!r}")
-    return v
+    return _number(text, int, lambda v: -2 ** 63 <= v < 2 ** 64,
+                   "an integer in [-2**63, 2**64)")
 
 
 def device_name(text: str) -> str:

@@ -46,6 +46,13 @@ def _typed(name: str, value, kind: str):
     return value
 
 
+def check_names(cls, d: dict, what: str) -> None:
+    """Every key of d is a field of the dataclass cls."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
+
+
 def check_fields(obj) -> None:
     """Type- and range-check every field of a config dataclass in place."""
     for f in dataclasses.fields(obj):
@@ -143,10 +150,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        check_names(cls, d, "config")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -195,8 +199,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training fields: {sorted(unknown)}")
+        check_names(cls, d, "training")
         return cls(**d)

@@ -155,22 +155,24 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
         scaler = MinMaxScaler.for_series(series)
         meta["dataset"] = series.name
     windows = WindowSet.from_series(series, T, scaler)
+    name, columns = series.name, series.columns
+    del series  # the scaled copy is all training reads; a memory-mapped input is unmapped
     if resume is not None and meta.get("n_windows") not in (None, len(windows)):
         raise TrainError(f"{resume} was trained on {meta['n_windows']} windows; this data gives "
                          f"{len(windows)}: resume with the same data")
     counts = model.parameter_counts()
     meta["parameters"] = counts
     if progress:
-        print(f"data: {series.name}, {len(windows)} windows of {T} x {series.channels}; device "
+        print(f"data: {name}, {len(windows)} windows of {T} x {windows.channels}; device "
               f"{dev}; parameters {counts['total']:,} (VQ-VAE "
               f"{counts['total'] - counts['transformer']:,}, transformer "
               f"{counts['transformer']:,})")
-    trainer = Trainer(model, windows, scaler, series.columns, tcfg, out, dev, meta,
+    trainer = Trainer(model, windows, scaler, columns, tcfg, out, dev, meta,
                       progress=progress, save_every=save_every, on_step=on_step)
     trainer.run(stages, state)
     if trainer.stopped_at is None:
         print(f"saved {out}")
-    engine = Engine(model.eval(), scaler, series.columns, trainer.meta, dev,
+    engine = Engine(model.eval(), scaler, columns, trainer.meta, dev,
                     resolve_backend("auto", dev), out)
     engine.stopped_at = trainer.stopped_at
     return engine

@@ -23,7 +23,7 @@ from .quantizer import perplexity
 from .schedule import EpochOrder, StepBudget
 
 SAVE_EVERY_S = 120.0
-REPORT_WINDOWS = 20_000  # stage reports score at most this many (evenly spaced) windows
+REPORT_WINDOWS = 4096  # stage reports score at most this many (evenly spaced) windows
 
 
 def to_model_scale(windows_unit: np.ndarray) -> torch.Tensor:
