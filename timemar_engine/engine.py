@@ -14,7 +14,7 @@ from . import backends
 from .backends import resolve_device
 from .checkpoint import load_checkpoint
 from .fast_sampling import StreamSampler
-from .sampling import _is_int, check_filters, generate
+from .sampling import check_filters, generate, is_integer
 from .writers import guess_format, write_chunks
 
 SCALES = ("data", "unit", "model")
@@ -34,7 +34,7 @@ def default_batch_size(device: torch.device, backend: str = "eager") -> int:
 
 
 def check_count(n) -> None:
-    if not _is_int(n) or n < 1:
+    if not is_integer(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
 
 
@@ -91,9 +91,9 @@ class Engine:
         check_count(n)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if seed is not None and (not _is_int(seed) or not -2 ** 63 <= seed < 2 ** 64):
+        if seed is not None and (not is_integer(seed) or not -2 ** 63 <= seed < 2 ** 64):
             raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
         filters = check_filters(temperature, top_k, top_p)
         batch_size = int(batch_size or default_batch_size(self.device, self.backend))

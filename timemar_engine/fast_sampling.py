@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import backends
 from .decompose import area_resize
 from .model import TimeMAR
-from .sampling import _is_int, check_filters, filter_logits
+from .sampling import check_filters, filter_logits, is_integer
 
 
 def draw_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -169,7 +169,7 @@ class FastSampler:
     def generate(self, batch: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, return_indices: bool = False):
         """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale (and the token maps)."""
-        if not _is_int(batch) or batch < 1:
+        if not is_integer(batch) or batch < 1:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
         filters = self.check_filters(temperature=temperature, top_k=top_k, top_p=top_p)
         x, indices = self.run(self.draw_uniforms(batch, generator), filters)

@@ -10,12 +10,12 @@ from .decompose import area_resize
 from .model import TimeMAR
 
 
-def _is_real(x) -> bool:
+def is_real_number(x) -> bool:
     return (isinstance(x, (int, float, np.integer, np.floating))
             and not isinstance(x, (bool, np.bool_)))
 
 
-def _is_int(x) -> bool:
+def is_integer(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
@@ -26,14 +26,14 @@ def check_filters(temperature=1.0, top_k=None, top_p=None) -> dict:
     works); top_k: None or an integer >= 1 (a value >= the codebook size keeps every code);
     top_p: None or a number in (0, 1]."""
     try:
-        t = float(temperature) if _is_real(temperature) else math.nan
+        t = float(temperature) if is_real_number(temperature) else math.nan
     except OverflowError:  # an int too large for a float
         t = math.inf
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_integer(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):  # NaN fails too
+    if top_p is not None and (not is_real_number(top_p) or not 0 < top_p <= 1):  # NaN fails too
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
     return {"temperature": t, "top_k": None if top_k is None else int(top_k),
             "top_p": None if top_p is None else float(top_p)}
@@ -79,7 +79,7 @@ def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = Non
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              return_indices: bool = False):
     """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale."""
-    if not _is_int(batch) or batch < 1:
+    if not is_integer(batch) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     filters = check_filters(temperature, top_k, top_p)
     gpt, quant = model.gpt, model.vqvae.quant
