@@ -75,3 +75,19 @@ def test_the_measurement_catches_the_old_path(tmp_path):
     ratio = got["increase"] / raw
     print(f"old path: peak increase {got['increase'] / 1e6:.0f} MB = {ratio:.1f} x the series")
     assert ratio > 3 * T  # float64 windows + float32 copy: T * 12 / 4 = 72x in theory
+
+
+def test_evaluation_real_set_is_bounded_and_evenly_spaced(monkeypatch, rng):
+    from timemar_engine import evaluation
+    from timemar_engine.data import Series
+
+    values = rng.normal(size=(5000, 3))
+    series = Series(values, ["a", "b", "c"], "t")
+    full, sc = evaluation._unit_windows(series, 24)
+    assert full.shape == (5000 - 23, 24, 3) and full.dtype == np.float64
+    monkeypatch.setattr(evaluation, "MAX_REAL_WINDOWS", 100)
+    capped, sc2 = evaluation._unit_windows(series, 24)
+    idx = np.linspace(0, len(full) - 1, 100).round().astype(np.int64)
+    assert capped.shape == (100, 24, 3)
+    np.testing.assert_array_equal(capped, full[idx])
+    np.testing.assert_array_equal(sc.lo, sc2.lo)

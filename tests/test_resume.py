@@ -150,3 +150,17 @@ def test_epoch_order_state_replays_the_same_batches():
     seen = torch.cat(first[:4])  # one epoch: 4 batches of 8 out of 37, no repeats
     assert len(set(seen.tolist())) == 32
     assert not torch.equal(EpochOrder(37, 8, seed=6, stream=1).next(), first[0])
+
+
+def test_first_checkpoint_never_replaces_a_file_that_appeared_meanwhile(walk, tmp_path):
+    out = tmp_path / "m.pt"
+
+    def intrude(stage, step, logs):
+        if step == 1:
+            out.write_bytes(b"someone else's file")
+
+    with pytest.raises(FileExistsError, match="exists"):
+        train(walk, out=out, preset="xs", overrides=TINY, steps1=3, steps2=2, batch_size=16,
+              progress=False, on_step=intrude)
+    assert out.read_bytes() == b"someone else's file"
+    assert [f.name for f in tmp_path.iterdir()] == ["m.pt"]

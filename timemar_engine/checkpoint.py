@@ -22,14 +22,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save through `atomic_output`: durable, never partial, replacing an existing path."""
-    with atomic_output(path, overwrite=True) as tmp:
+def atomic_save(obj, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """torch.save through `atomic_output`: durable, never partial; an existing path is replaced
+    only with overwrite (else FileExistsError, checked at the rename)."""
+    with atomic_output(path, overwrite=overwrite) as tmp:
         torch.save(obj, tmp)
 
 
 def save_checkpoint(path: str | os.PathLike, model: TimeMAR, scaler: MinMaxScaler,
-                    channels: list[str], meta: dict, train_state: dict | None = None) -> None:
+                    channels: list[str], meta: dict, train_state: dict | None = None,
+                    overwrite: bool = True) -> None:
     obj = {
         "format_version": FORMAT_VERSION,
         "config": model.cfg.to_dict(),
@@ -42,7 +44,7 @@ def save_checkpoint(path: str | os.PathLike, model: TimeMAR, scaler: MinMaxScale
     }
     if train_state is not None:
         obj["train_state"] = train_state
-    atomic_save(obj, path)
+    atomic_save(obj, path, overwrite)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -168,7 +168,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
               f"{counts['total'] - counts['transformer']:,}, transformer "
               f"{counts['transformer']:,})")
     trainer = Trainer(model, windows, scaler, columns, tcfg, out, dev, meta,
-                      progress=progress, save_every=save_every, on_step=on_step)
+                      progress=progress, save_every=save_every, on_step=on_step,
+                      overwrite=force or same_file)
     trainer.run(stages, state)
     if trainer.stopped_at is None:
         print(f"saved {out}")

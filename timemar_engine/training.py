@@ -162,13 +162,15 @@ class Trainer:
     def __init__(self, model: TimeMAR, windows: WindowSet | np.ndarray, scaler: MinMaxScaler,
                  channels: list[str], tcfg: TrainConfig, out: str | Path, device,
                  meta: dict | None = None, progress: bool = True,
-                 save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None):
+                 save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None,
+                 overwrite: bool = True):
         if not isinstance(windows, WindowSet):  # (N, T, C) windows in [0, 1]
             windows = WindowSet(np.asarray(windows, dtype=np.float32), np.shape(windows)[1])
         self.model, self.windows, self.tcfg = model.to(device), windows, tcfg
         self.out, self.device, self.progress = Path(out), device, progress
         self.scaler, self.channels = scaler, channels
         self.save_every, self.on_step = save_every, on_step
+        self._overwrite = overwrite  # False: the first save refuses a file that appeared meanwhile
         self.meta = meta if meta is not None else {}
         self.meta.setdefault("history", {})
         self.meta["train_config"] = asdict(tcfg)
@@ -182,7 +184,9 @@ class Trainer:
 
     def save(self, train_state: dict | None = None) -> None:
         self.meta["train_minutes"] = round(self.run_seconds() / 60, 2)
-        save_checkpoint(self.out, self.model, self.scaler, self.channels, self.meta, train_state)
+        save_checkpoint(self.out, self.model, self.scaler, self.channels, self.meta, train_state,
+                        self._overwrite)
+        self._overwrite = True  # later saves of this run replace its own checkpoint
         self._last_save = time.perf_counter()
 
     def run(self, stages: tuple[int, ...], resume: dict | None = None) -> dict:
