@@ -268,7 +268,7 @@ CASES = [
     C("sample-n-abc", SAMPLE.replace("--n 5", "--n abc"),
       r"--n: must be a positive integer, got 'abc'"),
     C("sample-n-float", SAMPLE.replace("--n 5", "--n 2.5"), r"--n: must be a positive integer"),
-    C("sample-n-missing", SAMPLE.replace("--n 5", ""), r"required: --n"),
+    C("sample-n-missing", SAMPLE.replace("--n 5", ""), r"required: -n/--n"),
     C("sample-batch-size-0", SAMPLE + " --batch-size 0",
       r"--batch-size: must be a positive integer"),
     C("sample-seed-abc", SAMPLE + " --seed abc", r"--seed: must be an integer"),

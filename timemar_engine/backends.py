@@ -96,6 +96,23 @@ def cpu_streams() -> int:
     return max(1, torch.get_num_threads())
 
 
+def chunk_windows(device: torch.device) -> int:
+    """Windows per random-stream chunk (see `engine.chunk_seed`): a constant per device type, so
+    that the output of a seed is the same for any batch size and any number of processes."""
+    return 4096 if device.type == "cuda" else 256
+
+
+def distributed_device(device: str, local_rank: int) -> str:
+    """The device of one process of a torchrun job: CUDA without an index means cuda:LOCAL_RANK."""
+    dev = resolve_device(device)
+    return f"cuda:{local_rank}" if dev.type == "cuda" and dev.index is None else str(dev)
+
+
+def distributed_backend(device: torch.device) -> str:
+    """torch.distributed backend for processes sampling on device: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def cuda_graphs_enabled() -> bool:
     """CUDA graphs in the engine; TIMEMAR_CUDA_GRAPHS=0 turns them off (debugging, profiling)."""
     return os.environ.get("TIMEMAR_CUDA_GRAPHS", "1") != "0"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ EPILOG = """examples:
   timemar-engine sample --ckpt model.pt --n 3662 --out s.csv --format csv --seed 0
   timemar-engine evaluate --ckpt model.pt --data stocks --data-dir ../shared/datasets --json e.json
   timemar-engine info --ckpt model.pt
+  torchrun --nproc-per-node 2 -m timemar_engine sample --ckpt model.pt -n 200000 --out big.npy
 """
 
 
@@ -87,13 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "--scale says otherwise. Output is streamed in batches (bounded memory) "
                        "to a temporary file that is renamed when complete.")
     s.add_argument("--ckpt", help="checkpoint (default: the packaged default model)")
-    s.add_argument("--n", type=positive_int, required=True, help="number of windows")
+    s.add_argument("-n", "--n", type=positive_int, required=True, help="number of windows "
+                   "(under torchrun write -n: torchrun's own parser takes --n for its --nnodes)")
     s.add_argument("--out", default="samples.npy", help="output path (default samples.npy)")
     s.add_argument("--format", choices=("npy", "csv", "parquet"),
                    help="output format (default: from the --out extension, else npy)")
-    s.add_argument("--batch-size", type=positive_int, help="windows per batch (default: 4096 on "
-                   "CUDA; on CPU 256 for the engine, 2048 for eager); the same seed, batch size, "
-                   "device and backend give the same samples")
+    s.add_argument("--batch-size", type=positive_int, help="windows per write (default: 4096 on "
+                   "CUDA; on CPU 256 for the engine, 2048 for eager; sampling itself goes in "
+                   "chunks of 4096 on CUDA, 256 on CPU); the same seed, device type and backend "
+                   "give the same samples for any batch size and number of processes")
     s.add_argument("--seed", type=seed_value, help="random seed (default: random)")
     s.add_argument("--temperature", type=positive_float, default=1.0,
                    help="softmax temperature, a finite number > 0 (default 1; towards 0 the "
@@ -193,22 +197,29 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from . import distributed
+    from .backends import distributed_device
     from .engine import Engine
     from .writers import check_output
 
     out = Path(args.out)
     fmt = output_format(out, args.format)
+    sharded = distributed.launched_by_torchrun()
+    if sharded and fmt != "npy":
+        raise UsageError(f"sharded sampling (under torchrun) writes .npy only, not {fmt}; name an "
+                         f".npy --out, or sample {fmt} in one process")
     check_ckpt_arg(args.ckpt)
     # the output path, its folder and the format's dependencies, before loading anything; the
     # channel names are checked against the table's columns once the model is known
     check_output(out, fmt, [], args.force)
-    engine = Engine.load(args.ckpt, device=args.device, backend=args.backend)
+    device = distributed_device(args.device, distributed.local_rank()) if sharded else args.device
+    engine = Engine.load(args.ckpt, device=device, backend=args.backend)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,
-        progress=not args.quiet, overwrite=args.force, fmt=fmt)
+        progress=not args.quiet, overwrite=args.force, fmt=fmt, distributed=sharded)
     dt = time.perf_counter() - t0
-    if not args.quiet:
+    if not args.quiet and distributed.env_rank() == 0:
         print(f"wrote {args.n} windows of {engine.seq_len} x {len(engine.channels)} to {out} "
               f"in {dt:.1f} s ({args.n / dt:,.0f} windows/s, {engine.device})")
     return 0
@@ -316,6 +327,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def report(message: str) -> None:
+    """An error line on stderr; under torchrun only from rank 0 (every rank fails alike)."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:
+        print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .safe_io import Terminated, install_termination_handler
 
@@ -323,19 +342,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .checkpoint import CheckpointError
         from .data import DataError
+        from .distributed import ShardError, job, launched_by_torchrun
 
         args = build_parser().parse_args(argv)
         handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
                    "info": cmd_info}[args.command]
-        try:
-            return handler(args)
-        except (UsageError, CheckpointError, DataError, FileExistsError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
+        sharded = args.command == "sample" and launched_by_torchrun()
+        with job(args.device) if sharded else contextlib.nullcontext():
+            try:
+                return handler(args)
+            except ShardError as e:
+                report(f"error: {e}")
+                return 1
+            except (UsageError, CheckpointError, DataError, FileExistsError, ValueError) as e:
+                report(f"error: {e}")
+                return 2
+            except OSError as e:
+                msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e
+                report(f"error: {msg}")
+                return 2
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         return 143

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -26,11 +27,40 @@ def default_checkpoint() -> Path:
 
 
 def default_batch_size(device: torch.device, backend: str = "eager") -> int:
-    """Windows per generate call: large on CUDA; on CPU the engine works best on batches whose
-    activations stay in cache (on the 2-core dev machine 128-512 measured alike, 256 best)."""
+    """Windows per batch that `iter_batches` yields (the sampling itself goes chunk by chunk,
+    `backends.chunk_windows`: 4096 on CUDA, 256 on CPU, where the engine works best on batches
+    whose activations stay in cache: on the 2-core dev machine 128-512 measured alike)."""
     if device.type == "cuda":
         return 4096
     return 256 if backend == "engine" else 2048
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Generator seed of chunk `chunk` of a run seeded `seed`, from those two numbers alone:
+    SplitMix64's output function of z = (seed mod 2**64) + (chunk + 1) * 0x9E3779B97F4A7C15
+    (mod 2**64), i.e. z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27;
+    z *= 0x94D049BB133111EB; z ^= z >> 31 (all mod 2**64)."""
+    m = 2 ** 64
+    z = (seed % m + (chunk + 1) * 0x9E3779B97F4A7C15) % m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return z ^ (z >> 31)
+
+
+def rebatch(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Regroup a stream of arrays into arrays of `size` rows (the last one may be smaller)."""
+    buf: list[np.ndarray] = []
+    have = 0
+    for a in arrays:
+        while len(a):
+            take = min(size - have, len(a))
+            buf.append(a[:take])
+            have, a = have + take, a[take:]
+            if have == size:
+                yield buf[0] if len(buf) == 1 else np.concatenate(buf)
+                buf, have = [], 0
+    if buf:
+        yield buf[0] if len(buf) == 1 else np.concatenate(buf)
 
 
 def check_count(n) -> None:
@@ -82,12 +112,25 @@ class Engine:
     def iter_batches(self, n: int, batch_size: int | None = None, seed: int | None = None,
                      temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, scale: str = "data") -> Iterator[np.ndarray]:
-        """Yield float32 chunks (b, T, C) that add up to n windows, in the requested scale.
+        """Yield float32 arrays (b, T, C) of batch_size windows (the last one smaller) that add
+        up to n windows, in the requested scale.
 
+        The windows are those of fixed chunks (`backends.chunk_windows` per device type), each
+        with its own generator seeded `chunk_seed(seed, chunk index)`, so a seed gives the same
+        windows for any batch size and any number of processes (`sample_to(distributed=True)`).
         Every argument is checked here, when this is called (before any sampling), and a bad one
         is a ValueError that names it: n and batch_size positive integers, seed None or an integer
         in [-2**63, 2**64), temperature finite > 0, top_k an integer >= 1 (>= the codebook size
         keeps every code), top_p in (0, 1], scale one of 'data', 'unit', 'model'."""
+        n, batch_size, seed, filters = self._check(n, batch_size, seed, temperature, top_k, top_p,
+                                                   scale)
+        chunks = (self._to_scale(x, scale)
+                  for _, x in self.iter_chunks(n, seed, range(self.n_chunks(n)), filters))
+        return rebatch(chunks, batch_size)
+
+    def _check(self, n, batch_size, seed, temperature, top_k, top_p,
+               scale) -> tuple[int, int, int, dict]:
+        """Validated (n, batch_size, seed, filters); seed None becomes a fresh random seed."""
         check_count(n)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -97,23 +140,28 @@ class Engine:
             raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
         filters = check_filters(temperature, top_k, top_p)
         batch_size = int(batch_size or default_batch_size(self.device, self.backend))
-        return self._batches(int(n), batch_size, None if seed is None else int(seed), filters,
-                             scale)
+        return int(n), batch_size, secrets.randbits(64) if seed is None else int(seed), filters
 
-    def _batches(self, n: int, batch_size: int, seed: int | None, filters: dict,
-                 scale: str) -> Iterator[np.ndarray]:
-        gen = torch.Generator(self.device)
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        sizes = (min(batch_size, n - i) for i in range(0, n, batch_size))
+    @property
+    def chunk_size(self) -> int:
+        return backends.chunk_windows(self.device)
+
+    def n_chunks(self, n: int) -> int:
+        return -(-n // self.chunk_size)
+
+    def iter_chunks(self, n: int, seed: int, chunks: Iterable[int],
+                    filters: dict) -> Iterator[tuple[int, torch.Tensor]]:
+        """(chunk index, its windows in model scale) for the given chunks of an n-window run:
+        chunk c holds windows [c * chunk_size, min(n, (c + 1) * chunk_size)) and draws them from
+        a generator seeded chunk_seed(seed, c), one generate call per chunk."""
+        chunks, size = list(chunks), self.chunk_size
+        rows = [min(size, n - c * size) for c in chunks]
+        gens = (torch.Generator(self.device).manual_seed(chunk_seed(seed, c)) for c in chunks)
         if self._sampler is not None:
-            batches = self._sampler.iter_generate(sizes, gen, **filters)
+            batches = self._sampler.iter_generate(rows, gens, **filters)
         else:
-            batches = (generate(self.model, b, gen, **filters) for b in sizes)
-        for x in batches:
-            yield self._to_scale(x, scale)
+            batches = (generate(self.model, b, g, **filters) for b, g in zip(rows, gens))
+        return zip(chunks, batches)
 
     def sample(self, n: int, batch_size: int | None = None, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -131,10 +179,22 @@ class Engine:
     def sample_to(self, path: str | os.PathLike, n: int, batch_size: int | None = None,
                   seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, scale: str = "data", progress: bool = False,
-                  overwrite: bool = False, fmt: str | None = None) -> Path:
+                  overwrite: bool = False, fmt: str | None = None,
+                  distributed: bool = False) -> Path:
         """Stream n windows to path (.npy through a memory map, or CSV / Parquet in long form)
-        chunk by chunk, so memory stays bounded; written to a temp file, then renamed."""
+        chunk by chunk, so memory stays bounded; written to a temp file, then renamed.
+
+        distributed=True: this process is one rank of a torchrun job (the process group is set
+        up from torchrun's environment unless it already is); the ranks share the chunks and
+        write one .npy with the same bytes as a single process (`distributed.sample_sharded`)."""
         path = Path(path)
+        if distributed:
+            from .distributed import sample_sharded
+
+            n, _, seed, filters = self._check(n, batch_size, seed, temperature, top_k, top_p,
+                                              scale)
+            return sample_sharded(self, path, n, seed, filters, scale, progress, overwrite,
+                                  fmt or guess_format(path))
         check_count(n)
         chunks = self.iter_batches(n, batch_size, seed, temperature, top_k, top_p, scale)
         return write_chunks(path, fmt or guess_format(path), (n, self.seq_len, len(self.channels)),

@@ -12,6 +12,7 @@ Same model and distribution as `sampling.generate`, computed differently:
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -230,14 +231,19 @@ class StreamSampler:
         self.samplers = [FastSampler(model, device) for _ in range(self.streams)]
 
     @torch.no_grad()
-    def iter_generate(self, sizes: Iterable[int], generator: torch.Generator | None,
+    def iter_generate(self, sizes: Iterable[int],
+                      generator: torch.Generator | Iterable[torch.Generator] | None,
                       **filters) -> Iterator[torch.Tensor]:
-        """Yield the windows of each batch size in `sizes`, in order."""
+        """Yield the windows of each batch size in `sizes`, in order. `generator` is one generator
+        drawn in batch order, or an iterable of one generator per batch (chunked streams)."""
         first = self.samplers[0]
         filters = first.check_filters(**filters)
+        if generator is None or isinstance(generator, torch.Generator):
+            generator = itertools.repeat(generator)
+        pairs = zip(sizes, generator)
         if first.device.type != "cpu":
-            for b in sizes:
-                yield first.run(first.draw_uniforms(b, generator), filters)[0]
+            for b, gen in pairs:
+                yield first.run(first.draw_uniforms(b, gen), filters)[0]
             return
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -245,10 +251,9 @@ class StreamSampler:
             with ThreadPoolExecutor(self.streams, initializer=torch.set_num_threads,
                                     initargs=(1,)) as pool:
                 pending: deque = deque()
-                for i, b in enumerate(sizes):
+                for i, (b, gen) in enumerate(pairs):
                     sampler = self.samplers[i % self.streams]
-                    pending.append(pool.submit(sampler.run, first.draw_uniforms(b, generator),
-                                               filters))
+                    pending.append(pool.submit(sampler.run, first.draw_uniforms(b, gen), filters))
                     if len(pending) == self.streams:
                         yield pending.popleft().result()[0]
                 while pending:

@@ -16,6 +16,7 @@ from .backends import resolve_backend, resolve_device
 from .checkpoint import read_checkpoint
 from .config import ModelConfig, TrainConfig, preset as make_preset
 from .data import MinMaxScaler, Series, WindowSet, load_any
+from .ddp import Ranks
 from .model import TimeMAR
 from .safe_io import check_writable
 from .training import SAVE_EVERY_S, OnStep, Trainer
@@ -88,14 +89,39 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
           on_step: OnStep | None = None) -> "Engine":
     """Train (stage 1 VQ-VAE, stage 2 transformer) on `data` and return the trained `Engine`.
 
+    Launched by torchrun (WORLD_SIZE > 1), every process runs this with the same arguments:
+    the job trains data-parallel (see `ddp`), with batch_size the global batch.
+
     data: a named dataset, a file (.csv, .npy, .mat, .parquet), or an array ((L, C) series or
     (N, T, C) windows). None means "default" (fresh run: seq_len 24, preset 's', TrainConfig's
     values, nan 'error') or, with `resume`, "as in the original run". The checkpoint `out` is
     written at stage ends, every `save_every` seconds and on SIGINT/SIGTERM (then resumable).
     on_step(stage, step, logs) may return True to stop after that step with a resumable
     checkpoint."""
+    kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
+    import torch.distributed as dist
+
+    from .distributed import init_from_env, launched_by_torchrun, local_rank
+
+    if not launched_by_torchrun():
+        return _train(data, Ranks(), **kw)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank())
+    init_from_env(dev)
+    try:
+        return _train(data, Ranks(dist.get_rank(), dist.get_world_size()),
+                      **{**kw, "device": str(dev)})
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage, steps1, steps2,
+           batch_size, lr1, lr2, seed, max_minutes, device, data_dir, variable, nan, header,
+           non_numeric, force, progress, save_every, on_step) -> "Engine":
     from .engine import Engine
 
+    progress = progress and ranks.lead
     stages = STAGES.get(str(stage))
     if stages is None:
         raise TrainError(f"stage must be 1, 2 or both, got {stage!r}")
@@ -104,7 +130,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
                          "checkpoint with stage 1 done")
     out = Path(out)
     same_file = resume is not None and Path(resume).resolve() == out.resolve()
-    check_writable(out, overwrite=force or same_file)
+    if ranks.lead:
+        check_writable(out, overwrite=force or same_file)
     dev = resolve_device(device)
     overrides = dict(overrides or {})
     given = {"stage1_steps": steps1, "stage2_steps": steps2, "batch_size": batch_size,
@@ -121,11 +148,9 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
         for key, value in opts_given.items():
             if value is not None and value != opts[key]:
                 raise TrainError(f"{resume} was trained with {key}={opts[key]!r}, not {value!r}")
-        if state is None:
-            print(f"{resume}: training is already complete; nothing to do")
-            return Engine.load(resume, device=str(dev))
-        if int(state["stage"]) > max(stages):
-            print(f"{resume}: the requested stage(s) are already complete; nothing to do")
+        if state is None or int(state["stage"]) > max(stages):
+            if ranks.lead:
+                print(f"{resume}: the requested stage(s) are already complete; nothing to do")
             return Engine.load(resume, device=str(dev))
         if min(stages) > int(state["stage"]):
             raise TrainError(f"{resume}: stage {state['stage']} is not complete (stopped at step "
@@ -154,6 +179,9 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
         model = TimeMAR(cfg)
         scaler = MinMaxScaler.for_series(series)
         meta["dataset"] = series.name
+    if tcfg.batch_size % ranks.world:
+        raise TrainError(f"batch_size {tcfg.batch_size} (the global batch) must be a multiple of "
+                         f"the {ranks.world} processes")
     windows = WindowSet.from_series(series, T, scaler)
     name, columns = series.name, series.columns
     del series  # the scaled copy is all training reads; a memory-mapped input is unmapped
@@ -169,9 +197,9 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
               f"{counts['transformer']:,})")
     trainer = Trainer(model, windows, scaler, columns, tcfg, out, dev, meta,
                       progress=progress, save_every=save_every, on_step=on_step,
-                      overwrite=force or same_file)
+                      overwrite=force or same_file, ranks=ranks)
     trainer.run(stages, state)
-    if trainer.stopped_at is None:
+    if trainer.stopped_at is None and ranks.lead:
         print(f"saved {out}")
     engine = Engine(model.eval(), scaler, columns, trainer.meta, dev,
                     resolve_backend("auto", dev), out)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import MinMaxScaler, WindowSet
+from .ddp import Ranks
 from .model import TimeMAR
 from .quantizer import perplexity
 from .schedule import EpochOrder, StepBudget
@@ -163,13 +164,13 @@ class Trainer:
                  channels: list[str], tcfg: TrainConfig, out: str | Path, device,
                  meta: dict | None = None, progress: bool = True,
                  save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None,
-                 overwrite: bool = True):
+                 overwrite: bool = True, ranks: Ranks = Ranks()):
         if not isinstance(windows, WindowSet):  # (N, T, C) windows in [0, 1]
             windows = WindowSet(np.asarray(windows, dtype=np.float32), np.shape(windows)[1])
         self.model, self.windows, self.tcfg = model.to(device), windows, tcfg
         self.out, self.device, self.progress = Path(out), device, progress
         self.scaler, self.channels = scaler, channels
-        self.save_every, self.on_step = save_every, on_step
+        self.save_every, self.on_step, self.ranks = save_every, on_step, ranks
         self._overwrite = overwrite  # False: the first save refuses a file that appeared meanwhile
         self.meta = meta if meta is not None else {}
         self.meta.setdefault("history", {})
@@ -183,11 +184,14 @@ class Trainer:
         return time.perf_counter() - self._run_t0
 
     def save(self, train_state: dict | None = None) -> None:
+        """Write the checkpoint (rank 0 only: every rank holds the same weights and state)."""
+        self._last_save = time.perf_counter()
+        if not self.ranks.lead:
+            return
         self.meta["train_minutes"] = round(self.run_seconds() / 60, 2)
         save_checkpoint(self.out, self.model, self.scaler, self.channels, self.meta, train_state,
                         self._overwrite)
         self._overwrite = True  # later saves of this run replace its own checkpoint
-        self._last_save = time.perf_counter()
 
     def run(self, stages: tuple[int, ...], resume: dict | None = None) -> dict:
         """Train `stages`, continuing from a checkpoint's train_state; returns the meta."""
@@ -245,17 +249,19 @@ class Trainer:
                     **self._common_state(), **extra_state()}
 
         bar = tqdm(total=budget.total, initial=step, desc=f"stage {stage}",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not (self.progress and self.ranks.lead), dynamic_ncols=True)
+        ranks = self.ranks
         first = step
         with deferred_signals() as signals, bar:
-            while step < budget.total and not budget.out_of_time():
+            while step < budget.total and not ranks.any(budget.out_of_time()):
                 for g in opt.param_groups:
                     g["lr"] = lr * budget.lr_factor(step)
-                logs = step_fn(order.next(), step, budget.total)
+                logs = step_fn(ranks.shard(order.next()), step, budget.total)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 budget.observe(step, first)
+                budget.total = ranks.lead_int(budget.total)
                 bar.total = budget.total
                 bar.update(1)
                 if step % self.tcfg.log_every == 0:
@@ -263,13 +269,16 @@ class Trainer:
                     self.meta["history"].setdefault(f"stage{stage}", []).append(
                         {"step": step, **{k: [round(x, 4) for x in v.tolist()] if v.ndim else
                                           round(float(v), 5) for k, v in logs.items()}})
-                stop = bool(signals) or bool(self.on_step and self.on_step(stage, step, logs))
+                stop = ranks.any(bool(signals) or bool(self.on_step and
+                                                       self.on_step(stage, step, logs)))
                 if stop or time.perf_counter() - self._last_save > self.save_every:
                     self.save(snapshot())
                 if stop:
                     self.stopped_at = (stage, step)
-                    print(f"stopped at stage {stage}, step {step}: {self.out} holds a resumable "
-                          f"checkpoint (continue with --resume {self.out})", file=sys.stderr)
+                    if ranks.lead:
+                        print(f"stopped at stage {stage}, step {step}: {self.out} holds a "
+                              f"resumable checkpoint (continue with --resume {self.out})",
+                              file=sys.stderr)
                     break
         if signals:
             signal.raise_signal(signals[0])  # now the usual handler: KeyboardInterrupt etc.
@@ -282,6 +291,7 @@ class Trainer:
         quant = vq.quant
         vq.train()
         revived = [int(state.get("codes_revived", 0))]
+        net, ranks = self.ranks.wrap(vq), self.ranks
         if "usage" in state:
             quant.usage.copy_(state["usage"])
             quant.recent_residuals = state["recent_residuals"].to(self.device)
@@ -290,8 +300,11 @@ class Trainer:
             # revive codes unused since the last check (after the previous optimizer step,
             # never in the last 20% of the stage so the decoder can settle)
             if step and step % tcfg.dead_code_every == 0 and step < 0.8 * total:
-                revived[0] += quant.restart_dead_codes()
-            out = vq(model_batch(self.windows, idx, self.device))
+                ranks.sum_(quant.usage)  # the dead set from every rank's counts; rank 0's picks
+                n = quant.restart_dead_codes()
+                ranks.from_lead_(quant.codebook.weight.data)
+                revived[0] += ranks.lead_int(n)
+            out = net(model_batch(self.windows, idx, self.device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(vq.parameters(), tcfg.grad_clip)
             ppl = torch.tensor([perplexity(i, self.model.cfg.codebook_size)[0] for i in out.indices])
@@ -306,6 +319,9 @@ class Trainer:
                            step_fn, lambda l: f"loss {l['loss']:.4f} recon {l['recon']:.4f} "
                            f"perplexity/scale {' '.join(f'{p:.0f}' for p in l['perplexity'])}",
                            extra_state)
+        ranks.check_same(vq, "stage 1")
+        if not ranks.lead:
+            return
         report = stage1_report(self.model, self.windows, self.device)
         self.meta["stage1"] = {"steps": steps, "codes_revived": revived[0], **report}
         self.save({"stage": 2, "step": 0, **self._common_state()})
@@ -319,12 +335,13 @@ class Trainer:
         tokens = Tokens(self.model, self.windows, self.device, tcfg.stage2_steps * tcfg.batch_size)
         scales = self.model.cfg.scales
         gpt.train()
+        net = self.ranks.wrap(gpt)
 
         def step_fn(idx, step, total):
             t = tokens(idx)
             with torch.no_grad():
                 inputs = quant.teacher_inputs(split_scales(t, scales))
-            ce = per_scale_ce(gpt(inputs), t, scales)
+            ce = per_scale_ce(net(inputs), t, scales)
             loss = (ce * torch.tensor(scales, device=ce.device)).sum() / sum(scales)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), tcfg.grad_clip)
@@ -333,6 +350,9 @@ class Trainer:
         steps = self._loop(2, tcfg.stage2_steps, tcfg.lr2, list(gpt.parameters()), state, seconds,
                            step_fn, lambda l: f"ce {l['ce']:.3f} per scale "
                            f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}", dict)
+        self.ranks.check_same(gpt, "stage 2")
+        if not self.ranks.lead:
+            return
         report = stage2_report(self.model, tokens)
         self.meta["stage2"] = {"steps": steps, **report}
         self.save()
