@@ -68,12 +68,16 @@ def test_batch_size_does_not_change_the_windows(ckpt, backend):
     assert not np.array_equal(e.sample(20), e.sample(20))  # seed None: fresh windows
 
 
-@pytest.fixture
-def one_rank(monkeypatch):
+def as_one_rank(monkeypatch) -> None:
     """This process as the only rank of a torchrun job (gloo, world size 1)."""
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    as_one_rank(monkeypatch)
 
 
 def test_distributed_api_in_one_process(ckpt, tmp_path, one_rank, monkeypatch):
@@ -86,8 +90,8 @@ def test_distributed_api_in_one_process(ckpt, tmp_path, one_rank, monkeypatch):
         e.sample_to(out, N, seed=6, distributed=True)
     e.sample_to(out, 10, seed=6, distributed=True, overwrite=True)
     np.testing.assert_array_equal(np.load(out), e.sample(10, seed=6))
-    with pytest.raises(ValueError, match="writes .npy only"):
-        e.sample_to(tmp_path / "x.parquet", N, seed=5, distributed=True)
+    with pytest.raises(ValueError, match="writes .npy or Parquet only"):
+        e.sample_to(tmp_path / "x.csv", N, seed=5, distributed=True)
     monkeypatch.delenv("MASTER_ADDR")
     with pytest.raises(ValueError, match="not launched by torchrun: MASTER_ADDR not set"):
         e.sample_to(tmp_path / "y.npy", N, seed=5, distributed=True)
@@ -95,11 +99,12 @@ def test_distributed_api_in_one_process(ckpt, tmp_path, one_rank, monkeypatch):
 
 
 def readme_commands() -> list[str]:
-    """The bash lines of the README's scale-out section that run torchrun."""
+    """The bash lines of the README's scale-out section that run torchrun to sample."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Scale-out: sharded sampling", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
-    return [line for b in blocks for line in b.splitlines() if "torchrun" in line]
+    return [line for b in blocks for line in b.splitlines()
+            if "torchrun" in line and " sample " in line]
 
 
 def small(cmd: str) -> str:
@@ -139,5 +144,71 @@ def test_a_failing_rank_fails_the_run_and_leaves_nothing(ckpt):
     r = run(cmd.replace("big.npy", "big.csv"), ckpt.parent)
     assert r.returncode != 0
     ours = [line for line in r.stderr.splitlines() if "error: " in line]
-    assert len(ours) == 1 and "error: sharded sampling (under torchrun) writes .npy only" in ours[0]
+    assert len(ours) == 1 and "error: sharded sampling (under torchrun) writes .npy or Parquet " \
+        "only" in ours[0]
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt"]
+
+
+NP = 1300  # 6 CPU chunks, the last one of 20 windows; 3 parts of 2 chunks
+
+
+def part_hashes(folder) -> dict[str, str]:
+    return {p.name: sha(p) for p in sorted(folder.iterdir())}
+
+
+def test_parquet_dataset_in_one_process(ckpt, tmp_path, one_rank, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from timemar_engine import distributed_parquet
+
+    monkeypatch.setattr(distributed_parquet, "PART_CHUNKS", 2)
+    e = Engine.load(ckpt, device="cpu")
+    out = e.sample_to(tmp_path / "big.parquet", NP, seed=5, distributed=True)
+    assert sorted(p.name for p in out.iterdir()) == [f"part-0000{p}.parquet" for p in range(3)]
+    plain = e.sample_to(tmp_path / "plain.parquet", NP, seed=5, batch_size=300)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(plain))
+    assert pd.read_parquet(out / "part-00002.parquet")["window"].iloc[[0, -1]].tolist() == [
+        1024, NP - 1]
+    with pytest.raises(ShardError, match=r"rank 0 failed: .*big.parquet exists; pass --force"):
+        e.sample_to(out, 10, seed=6, distributed=True)
+    e.sample_to(out, 10, seed=6, distributed=True, overwrite=True)  # replaces the whole folder
+    assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]
+    np.testing.assert_array_equal(pd.read_parquet(out)["a"].to_numpy(),
+                                  e.sample(10, seed=6)[..., 0].ravel())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet", "model.pt",
+                                                          "plain.parquet"]  # no temp, no .old
+
+
+def test_parquet_two_processes_write_the_same_parts_as_one(ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    from timemar_engine import distributed_parquet
+
+    cmd = (f"torchrun --nproc-per-node 2 --no-python timemar-engine sample --ckpt model.pt "
+           f"-n {NP} --out big.parquet --seed 0 --quiet")
+    r = run(cmd, ckpt.parent, TIMEMAR_PARQUET_PART_CHUNKS="2")
+    assert r.returncode == 0, r.stderr
+    as_one_rank(monkeypatch)
+    monkeypatch.setattr(distributed_parquet, "PART_CHUNKS", 2)
+    one = Engine.load(ckpt, device="cpu").sample_to(tmp_path / "one.parquet", NP, seed=0,
+                                                     distributed=True)
+    assert len(part_hashes(one)) == 3
+    assert part_hashes(ckpt.parent / "big.parquet") == part_hashes(one)
+
+
+def test_a_failing_rank_leaves_no_parquet_folder_and_one_is_not_replaced(ckpt):
+    pytest.importorskip("pyarrow")
+    cmd = (f"torchrun --nproc-per-node 2 --no-python timemar-engine sample --ckpt model.pt "
+           f"-n {NP} --out big.parquet --seed 0 --quiet")
+    r = run(cmd, ckpt.parent, TIMEMAR_FAIL_RANK="1", TIMEMAR_PARQUET_PART_CHUNKS="2")
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if "error: " in line]
+    assert ours == ["error: rank 1 failed: RuntimeError: failure injected by TIMEMAR_FAIL_RANK=1"]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt"]  # no folder, no temp
+    (ckpt.parent / "big.parquet").mkdir()
+    (ckpt.parent / "big.parquet" / "mine").write_text("keep")
+    r = run(cmd, ckpt.parent)  # exists, no --force: refused before loading the model
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if "error: " in line]
+    assert ours == ["error: big.parquet exists; pass --force to overwrite it"]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["big.parquet", "model.pt"]
+    assert [p.name for p in (ckpt.parent / "big.parquet").iterdir()] == ["mine"]

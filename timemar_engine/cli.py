@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (stage 1 VQ-VAE, then stage 2 transformer)",
                        description="Train a TimeMAR model on a dataset. Stage 1 fits the dual-path "
                        "VQ-VAE, stage 2 the block-causal transformer over its token maps. The "
-                       "checkpoint is written atomically at the end of each stage and every two "
-                       "minutes, so an interrupted run can be continued with --resume.")
+                       "checkpoint is written atomically at the end of each stage, every two "
+                       "minutes and on Ctrl-C or SIGTERM, so an interrupted run continues exactly "
+                       "with --resume. Launched by torchrun, the processes train data-parallel "
+                       "(--batch-size is then the global batch).")
     t.add_argument("--data", required=True,
                    help="a named dataset (sines, stocks, etth, energy, fmri, mujoco) or a file "
                         "(.csv with header, .npy 2-D series or 3-D windows, .mat, .parquet)")
@@ -70,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "training flags are restored, and a flag that contradicts them is an error")
     t.add_argument("--steps1", type=positive_int, help="stage-1 steps (default 3000)")
     t.add_argument("--steps2", type=positive_int, help="stage-2 steps (default 3000)")
-    t.add_argument("--batch-size", type=positive_int, help="mini-batch (default 64)")
+    t.add_argument("--batch-size", type=positive_int,
+                   help="mini-batch (default 64; under torchrun the global batch, split evenly "
+                   "across the processes)")
     t.add_argument("--lr1", type=positive_float, help="stage-1 peak learning rate (default 2e-3)")
     t.add_argument("--lr2", type=positive_float, help="stage-2 peak learning rate (default 5e-4)")
     t.add_argument("--max-minutes", type=positive_float,
@@ -199,19 +203,23 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from . import distributed
     from .backends import distributed_device
+    from .distributed_parquet import check_dataset
     from .engine import Engine
     from .writers import check_output
 
     out = Path(args.out)
     fmt = output_format(out, args.format)
     sharded = distributed.launched_by_torchrun()
-    if sharded and fmt != "npy":
-        raise UsageError(f"sharded sampling (under torchrun) writes .npy only, not {fmt}; name an "
-                         f".npy --out, or sample {fmt} in one process")
+    if sharded and fmt not in ("npy", "parquet"):
+        raise UsageError(f"sharded sampling (under torchrun) writes .npy or Parquet only, not "
+                         f"{fmt}; name an .npy or .parquet --out, or sample {fmt} in one process")
     check_ckpt_arg(args.ckpt)
     # the output path, its folder and the format's dependencies, before loading anything; the
     # channel names are checked against the table's columns once the model is known
-    check_output(out, fmt, [], args.force)
+    if sharded and fmt == "parquet":
+        check_dataset(out, [], args.force)
+    else:
+        check_output(out, fmt, [], args.force)
     device = distributed_device(args.device, distributed.local_rank()) if sharded else args.device
     engine = Engine.load(args.ckpt, device=device, backend=args.backend)
     t0 = time.perf_counter()

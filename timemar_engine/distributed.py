@@ -8,18 +8,19 @@ fsyncs; after a collective that also gathers every rank's error, rank 0 publishe
 the final name with `safe_io`'s no-clobber logic, or removes it if any rank failed. Every rank
 then raises the same `ShardError` naming the first failing rank, so the job exits non-zero and
 no partial file is left under the final name. The file holds the same bytes as a single-process
-`Engine.sample_to` of the same seed. Multi-node runs need the output folder on a shared file
-system.
+`Engine.sample_to` of the same seed. Parquet output follows the same steps with a dataset folder
+of fixed parts instead, part p written by rank p % world (`distributed_parquet`). Multi-node runs
+need the output folder on a shared file system.
 
 Debug hook: TIMEMAR_FAIL_RANK=R makes rank R raise before writing (for the failure tests).
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +28,10 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import backends
+from . import distributed_parquet as dp
 from .backends import resolve_device
 from .safe_io import OutputError, _fsync, _make_temp, _publish, check_writable
+from .writers import check_format
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -98,29 +101,43 @@ def _broadcast(obj):
     return box[0]
 
 
+class _Sink(NamedTuple):
+    """How one output format is written by the ranks together (rank 0: create, publish, remove;
+    every rank: write, which yields the windows of each chunk it wrote)."""
+    create: Callable[[Engine, Path, int, bool], Any]
+    write: Callable[[Engine, Any, int, int, dict, str, int, int], Iterator[int]]
+    publish: Callable[[Any, Path, bool], None]
+    remove: Callable[[Any], None]
+
+
 def sample_sharded(engine: Engine, path: Path, n: int, seed: int, filters: dict, scale: str,
                    progress: bool, overwrite: bool, fmt: str) -> Path:
-    """Write this rank's share of n windows into one .npy at path; see the module docstring.
-    Sets up (and tears down) the process group from torchrun's environment if there is none."""
-    if fmt != "npy":
-        raise OutputError(f"sharded sampling writes .npy only, not {fmt}; name an .npy output "
-                          f"(or sample {fmt} in one process)")
+    """Write this rank's share of n windows into one .npy (or Parquet folder) at path; see the
+    module docstring. Sets up (and tears down) the process group from torchrun's environment if
+    there is none."""
+    if fmt not in ("npy", "parquet"):
+        raise OutputError(f"sharded sampling writes .npy or Parquet only, not {fmt}; name an .npy "
+                          f"or .parquet output (or sample {fmt} in one process)")
+    if fmt == "parquet":
+        check_format(fmt, engine.channels)
+    sink = _Sink(dp.create, dp.write, dp.publish, dp.remove) if fmt == "parquet" else _NPY
     own = not dist.is_initialized()
     if own:
         init_from_env(engine.device)
     try:
-        return _sample_sharded(engine, path, n, seed, filters, scale, progress, overwrite)
+        return _sample_sharded(engine, path, n, seed, filters, scale, progress, overwrite, sink)
     finally:
         if own:
             dist.destroy_process_group()
 
 
-def _create(path: Path, shape: tuple[int, int, int], overwrite: bool) -> tuple[Path, int]:
+def _create(engine: Engine, path: Path, n: int, overwrite: bool) -> tuple[Path, int]:
     """Rank 0: the hidden temp .npy of the full shape (a sparse file) and its data offset."""
     check_writable(path, overwrite)
     tmp = _make_temp(path)
     try:
-        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                           shape=(n, engine.seq_len, len(engine.channels)))
         offset = header.offset
         del header
     except BaseException:
@@ -129,11 +146,10 @@ def _create(path: Path, shape: tuple[int, int, int], overwrite: bool) -> tuple[P
     return tmp, offset
 
 
-def _write_share(engine: Engine, tmp: Path, offset: int, n: int, seed: int, filters: dict,
-                 scale: str, rank: int, world: int, bar: tqdm) -> None:
-    """Sample chunks rank, rank + world, ... and write each at its offset in tmp."""
-    if os.environ.get(FAIL_RANK_ENV) == str(rank):
-        raise RuntimeError(f"failure injected by {FAIL_RANK_ENV}={rank}")
+def _write_share(engine: Engine, made: tuple[Path, int], n: int, seed: int, filters: dict,
+                 scale: str, rank: int, world: int) -> Iterator[int]:
+    """Sample chunks rank, rank + world, ... and write each at its offset in the temp .npy."""
+    tmp, offset = made
     row = engine.seq_len * len(engine.channels) * 4
     size = engine.chunk_size
     for c, x in engine.iter_chunks(n, seed, range(rank, engine.n_chunks(n), world), filters):
@@ -143,28 +159,38 @@ def _write_share(engine: Engine, tmp: Path, offset: int, n: int, seed: int, filt
         view[:] = chunk
         view.flush()
         del view
-        bar.update(min(len(chunk) * world, n - bar.n))  # global rate, estimated from rank 0
+        yield len(chunk)
     _fsync(tmp)
 
 
+def _publish_npy(made: tuple[Path, int], path: Path, overwrite: bool) -> None:
+    _publish(made[0], path, overwrite)
+    _fsync(path.parent, directory=True)
+
+
+_NPY = _Sink(_create, _write_share, _publish_npy, lambda made: made[0].unlink(missing_ok=True))
+
+
 def _sample_sharded(engine: Engine, path: Path, n: int, seed: int, filters: dict, scale: str,
-                    progress: bool, overwrite: bool) -> Path:
+                    progress: bool, overwrite: bool, sink: _Sink) -> Path:
     rank, world = dist.get_rank(), dist.get_world_size()
-    shape = (n, engine.seq_len, len(engine.channels))
-    tmp = offset = error = None
+    made = error = None
     if rank == 0:
         try:
-            tmp, offset = _create(path, shape, overwrite)
+            made = sink.create(engine, path, n, overwrite)
         except Exception as e:
             error = one_line(e)
-    tmp, offset, seed, error = _broadcast((tmp, offset, seed, error))  # one seed for all ranks
+    made, seed, error = _broadcast((made, seed, error))  # one seed for all ranks
     if error:
         raise ShardError(f"rank 0 failed: {error}")
     try:
         with tqdm(total=n, unit="win", disable=not progress or rank != 0,
                   dynamic_ncols=True) as bar:
             try:
-                _write_share(engine, tmp, offset, n, seed, filters, scale, rank, world, bar)
+                if os.environ.get(FAIL_RANK_ENV) == str(rank):
+                    raise RuntimeError(f"failure injected by {FAIL_RANK_ENV}={rank}")
+                for done in sink.write(engine, made, n, seed, filters, scale, rank, world):
+                    bar.update(min(done * world, n - bar.n))  # global rate, estimated from rank 0
             except Exception as e:
                 error = one_line(e)
             errors: list = [None] * world
@@ -173,17 +199,16 @@ def _sample_sharded(engine: Engine, path: Path, n: int, seed: int, filters: dict
             if rank == 0:
                 if failed is None:
                     try:
-                        _publish(tmp, path, overwrite)
-                        _fsync(path.parent, directory=True)
+                        sink.publish(made, path, overwrite)
                         bar.update(n - bar.n)
                     except Exception as e:
                         failed = (0, one_line(e))
                 if failed:
-                    tmp.unlink(missing_ok=True)  # before any rank learns of the failure
+                    sink.remove(made)  # before any rank learns of the failure
             failed = _broadcast(failed)
     except BaseException:
         if rank == 0:
-            tmp.unlink(missing_ok=True)
+            sink.remove(made)
         raise
     if failed:
         raise ShardError(f"rank {failed[0]} failed: {failed[1]}")

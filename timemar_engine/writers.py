@@ -48,6 +48,12 @@ def write_npy_chunks(path: str, shape: tuple[int, int, int], chunks: Iterable[np
 
 def check_output(path: Path, fmt: str, channels: list[str], overwrite: bool) -> None:
     """Every reason `write_chunks` could fail to write, raised before any sampling is done."""
+    check_format(fmt, channels)
+    check_writable(path, overwrite)
+
+
+def check_format(fmt: str, channels: list[str]) -> None:
+    """The format, the channel names as table columns, and the format's dependencies."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if fmt != "npy":
@@ -68,7 +74,6 @@ def check_output(path: Path, fmt: str, channels: list[str], overwrite: bool) -> 
             raise OutputError("Parquet output needs pyarrow, which is not installed: "
                               "pip install 'timemar-engine[parquet]' (or write .npy or .csv)"
                               ) from None
-    check_writable(path, overwrite)
 
 
 def write_chunks(path: str | os.PathLike, fmt: str, shape: tuple[int, int, int],
