@@ -110,8 +110,10 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
         dev = torch.device("cuda", local_rank())
     init_from_env(dev)
     try:
-        return _train(data, Ranks(dist.get_rank(), dist.get_world_size()),
-                      **{**kw, "device": str(dev)})
+        engine = _train(data, Ranks(dist.get_rank(), dist.get_world_size()),
+                        **{**kw, "device": str(dev)})
+        dist.barrier()  # no rank exits while rank 0 still reports and saves (torchrun would
+        return engine   # then stop the job and abort the others)
     finally:
         dist.destroy_process_group()
 
