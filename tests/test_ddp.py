@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from timemar_engine import Engine
 
 TINY = ["--preset", "xs", "--set", "hidden=16", "--set", "code_dim=8", "--set", "d_model=32",
@@ -131,3 +132,35 @@ def test_global_batch_must_split_evenly(walk_csv, tmp_path):
                  "--batch-size", "33", "--out", str(tmp_path / "m.pt"))
     assert r.returncode != 0 and "must be a multiple of the 2 processes" in r.stderr
     assert not (tmp_path / "m.pt").exists()
+
+
+def readme_train_commands() -> list[str]:
+    """The bash lines of the README's data-parallel section that run torchrun to train."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Data-parallel training", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [line for b in blocks for line in b.splitlines() if "torchrun" in line]
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_readme_train_commands_run_as_written(nodes, tmp_path, datasets_dir):
+    """The README's single-node and multi-node lines, with a tiny model and a few steps appended
+    (the later flags win), the data folder of this machine and, for two nodes, two local agents
+    on a free port. Rank 0 alone saves; the checkpoint samples in one process."""
+    from test_distributed import free_port, run
+    lines = [c for c in readme_train_commands() if ("--nnodes" in c) == (nodes == 2)]
+    assert len(lines) == 1 and "--data-dir ../shared/datasets" in lines[0], lines
+    cmd = lines[0].replace("--data-dir ../shared/datasets", f"--data-dir {datasets_dir}")
+    cmd += " " + " ".join(TINY) + " --steps1 30 --steps2 10 --quiet"
+    if nodes == 2:
+        assert "HOST:29500" in cmd
+        cmd = cmd.replace("HOST:29500", f"127.0.0.1:{free_port()}")
+        cmd = f"{cmd} & {cmd}; s=$?; wait $!; exit $(( s + $? ))"
+    r = run(cmd, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("saved") == 1, r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.pt"]
+    meta = torch.load(tmp_path / "ddp.pt", weights_only=True)["meta"]
+    assert meta["stage1"]["steps"] == 30 and meta["stage2"]["steps"] == 10
+    x = Engine.load(tmp_path / "ddp.pt", device="cpu").sample(5, seed=0)
+    assert x.shape == (5, 24, 6) and np.isfinite(x).all()
