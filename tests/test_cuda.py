@@ -74,3 +74,49 @@ def test_engine_bf16_samples_match_eager_distribution():
     got = discriminative_score(a, c, seed=0, iterations=600, device="cuda")
     print(f"discriminative on CUDA: eager vs eager {base:.4f}, bf16 engine vs eager {got:.4f}")
     assert got <= base + 0.04 and got < 0.08
+
+
+def _cuda_ops():
+    from timemar_engine import extension
+    if not extension.available(torch.device("cuda")):
+        pytest.skip(f"extension CUDA ops unavailable: {extension.unavailable_reason() or 'built without nvcc'}")
+    return extension
+
+
+@pytest.mark.parametrize("T", [24, 256])
+@pytest.mark.parametrize("B", [1, 1037])
+def test_extension_interp_accumulate_cuda_matches_cpu_float64(T, B):
+    from timemar_engine.config import preset
+    ext = _cuda_ops()
+    scales = preset("xs", T, 3).scales
+    gen = torch.Generator().manual_seed(T + B)
+    L, D, V = scales[-1], 16, 97
+    for k, s in enumerate(scales):
+        nxt = scales[k + 1] if k + 1 < len(scales) else 0
+        f = torch.randn(B, D, L, generator=gen, dtype=torch.float64)
+        cb = torch.randn(V, D, generator=gen, dtype=torch.float64)
+        idx = torch.randint(V, (B, s), generator=gen)
+        idx[0, 0], idx[-1, -1] = 0, V - 1
+        w = torch.randn(D, D, 3, generator=gen, dtype=torch.float64) / (3 * D) ** 0.5
+        b = torch.randn(D, generator=gen, dtype=torch.float64)
+        ref = f.clone()
+        want = ext.interp_accumulate_reference(ref, cb, idx, w, b, 0.4, nxt)
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            g = f.to("cuda", dtype)
+            down = ext.interp_accumulate(g, cb.to("cuda", dtype), idx.cuda(), w.to("cuda", dtype),
+                                         b.to("cuda", dtype), 0.4, nxt)
+            torch.testing.assert_close(g.double().cpu(), ref, atol=tol, rtol=tol)
+            torch.testing.assert_close(down.double().cpu(), want, atol=tol, rtol=tol)
+
+
+def test_extension_decode_epilogue_cuda_is_bit_identical_to_cpu():
+    ext = _cuda_ops()
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(1037, 5, 24, generator=gen) for _ in range(3)]
+    span = torch.tensor([1.0, 0.0, 3e7, 2.5, 1e-3], dtype=torch.float64)
+    lo = torch.tensor([-3.0, 4.0, 1e6, 7.5, -1e-3], dtype=torch.float64)
+    want = ext.decode_epilogue(*parts, span, lo)
+    got = ext.decode_epilogue(*(p.cuda() for p in parts), span.cuda(), lo.cuda())
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(ext.decode_epilogue(*(p.cuda() for p in parts)).cpu(),
+                       ext.decode_epilogue(*parts))

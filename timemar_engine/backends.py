@@ -4,7 +4,8 @@
 - sampling backend: 'eager' (the plain PyTorch reference), 'engine' (preallocated, static-shape
   loop; on CUDA bf16 + Triton attention + CUDA graphs) or 'auto' (the fastest correct one here);
 - kernels: Triton on CUDA; PyTorch CPU paths elsewhere. Tests run the Triton kernels on CPU tensors
-  with TRITON_INTERPRET=1 (set before the kernel modules are imported) by calling them directly.
+  with TRITON_INTERPRET=1 (set before the kernel modules are imported) by calling them directly;
+- the C++/CUDA extension's ops (`extension_ops`) in the engine when built, else the PyTorch ops.
 """
 from __future__ import annotations
 
@@ -151,6 +152,21 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, **kw):
     if isinstance(x, torch.Tensor) and _triton_usable(x.device):
         return lookup.nearest_code_triton(x, codebook, **kw)
     return lookup.nearest_code_cpu(x, codebook, **kw)
+
+
+def extension_ops(device: torch.device):
+    """The C++/CUDA ops (`extension.py`: interp_accumulate, decode_epilogue) for device, or None
+    for the PyTorch path, said once per process on stderr with the reason."""
+    from . import extension
+    if extension.available(device):
+        return extension
+    if extension.load() is not None:  # loaded, but built without CUDA kernels
+        extension.say_once("the extension was built without CUDA kernels (no nvcc at build "
+                           "time): the engine on CUDA uses the PyTorch ops")
+    else:
+        extension.say_once("the engine's interpolate-accumulate and decode epilogue use the "
+                           f"PyTorch path: {extension.unavailable_reason()}")
+    return None
 
 
 def _nvtx():

@@ -1,4 +1,4 @@
-"""The `timemar-engine` command line: train, sample, evaluate, info."""
+"""The `timemar-engine` command line: train, sample, evaluate, info, export."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ from .cli_checks import (OneLineParser, UsageError, check_ckpt_arg, check_metric
                          check_plot_dependencies, device_name, int_at_least, iterations_item,
                          output_format, positive_float, positive_int, probability, read_windows,
                          seed_value)
+from .cli_export import add_parser as add_export_parser, cmd_export
 
 EPILOG = """examples:
   timemar-engine sample --n 100000 --out samples.npy          # packaged default model
@@ -19,6 +20,7 @@ EPILOG = """examples:
   timemar-engine sample --ckpt model.pt --n 3662 --out s.csv --format csv --seed 0
   timemar-engine evaluate --ckpt model.pt --data stocks --data-dir ../shared/datasets --json e.json
   timemar-engine info --ckpt model.pt
+  timemar-engine export --ckpt model.pt --out decoder.onnx
   torchrun --nproc-per-node 2 -m timemar_engine sample --ckpt model.pt -n 200000 --out big.npy
 """
 
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "per part and training metadata.")
     i.add_argument("--ckpt", help="checkpoint (default: the packaged default model)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_export_parser(sub)
     return p
 
 
@@ -326,6 +329,12 @@ def cmd_info(args) -> int:
     print(f"backend     {info['backend']} on {info['device']} (available here: "
           f"{', '.join(info['backends_available'])}; triton "
           f"{'installed' if info['triton'] else 'not installed'})")
+    ext = info["extension"]
+    if ext["loaded"]:
+        cuda = "compiled" if ext["cuda_ops"] else "not compiled (no nvcc at build time)"
+        print(f"extension   C++ ops loaded, CUDA ops {cuda} ({ext['path']})")
+    else:
+        print(f"extension   not available: {ext['reason']}")
     print("parameters")
     for name, n in info["parameters"].items():
         print(f"  {name:<15} {n:>12,}")
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args = build_parser().parse_args(argv)
         handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-                   "info": cmd_info}[args.command]
+                   "info": cmd_info, "export": cmd_export}[args.command]
         sharded = args.command == "sample" and launched_by_torchrun()
         with job(args.device) if sharded else contextlib.nullcontext():
             try:

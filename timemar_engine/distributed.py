@@ -152,8 +152,8 @@ def _write_share(engine: Engine, made: tuple[Path, int], n: int, seed: int, filt
     tmp, offset = made
     row = engine.seq_len * len(engine.channels) * 4
     size = engine.chunk_size
-    for c, x in engine.iter_chunks(n, seed, range(rank, engine.n_chunks(n), world), filters):
-        chunk = engine._to_scale(x, scale)
+    for c, chunk in engine.iter_chunks(n, seed, range(rank, engine.n_chunks(n), world), filters,
+                                       scale):
         view = np.memmap(tmp, dtype=np.float32, mode="r+", offset=offset + c * size * row,
                          shape=chunk.shape)
         view[:] = chunk

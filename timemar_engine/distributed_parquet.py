@@ -71,8 +71,8 @@ def write(engine: Engine, tmp: Path, n: int, seed: int, filters: dict, scale: st
         part, writer = tmp / f".{part_name(p)}.tmp", None
         chunks = range(p * PART_CHUNKS, min(total, (p + 1) * PART_CHUNKS))
         try:
-            for c, x in engine.iter_chunks(n, seed, chunks, filters):
-                df = _long_table(engine._to_scale(x, scale), c * engine.chunk_size, engine.channels)
+            for c, x in engine.iter_chunks(n, seed, chunks, filters, scale):
+                df = _long_table(x, c * engine.chunk_size, engine.channels)
                 table = pa.Table.from_pandas(df, preserve_index=False)
                 writer = writer or pq.ParquetWriter(str(part), table.schema)
                 writer.write_table(table)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import backends
+from . import backends, extension
 from .backends import resolve_device
 from .checkpoint import load_checkpoint
 from .fast_sampling import StreamSampler
@@ -78,6 +78,7 @@ class Engine:
         self.cfg = model.cfg
         self._sampler = (StreamSampler(model, device, backends.cpu_streams())
                          if backend == "engine" else None)
+        self._affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
@@ -101,6 +102,7 @@ class Engine:
             "backend": self.backend,
             "backends_available": backends.available_backends(self.device),
             "triton": backends.triton_available(),
+            "extension": extension.status(),
             "seq_len": self.cfg.seq_len,
             "channels": self.channels,
             "scales": list(self.cfg.scales),
@@ -124,8 +126,7 @@ class Engine:
         keeps every code), top_p in (0, 1], scale one of 'data', 'unit', 'model'."""
         n, batch_size, seed, filters = self._check(n, batch_size, seed, temperature, top_k, top_p,
                                                    scale)
-        chunks = (self._to_scale(x, scale)
-                  for _, x in self.iter_chunks(n, seed, range(self.n_chunks(n)), filters))
+        chunks = (x for _, x in self.iter_chunks(n, seed, range(self.n_chunks(n)), filters, scale))
         return rebatch(chunks, batch_size)
 
     def _check(self, n, batch_size, seed, temperature, top_k, top_p,
@@ -149,19 +150,35 @@ class Engine:
     def n_chunks(self, n: int) -> int:
         return -(-n // self.chunk_size)
 
-    def iter_chunks(self, n: int, seed: int, chunks: Iterable[int],
-                    filters: dict) -> Iterator[tuple[int, torch.Tensor]]:
-        """(chunk index, its windows in model scale) for the given chunks of an n-window run:
-        chunk c holds windows [c * chunk_size, min(n, (c + 1) * chunk_size)) and draws them from
-        a generator seeded chunk_seed(seed, c), one generate call per chunk."""
+    def iter_chunks(self, n: int, seed: int, chunks: Iterable[int], filters: dict,
+                    scale: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(chunk index, its windows as float32 numpy in `scale`) for the given chunks of an
+        n-window run: chunk c holds windows [c * chunk_size, min(n, (c + 1) * chunk_size)) and
+        draws them from a generator seeded chunk_seed(seed, c), one generate call per chunk."""
         chunks, size = list(chunks), self.chunk_size
         rows = [min(size, n - c * size) for c in chunks]
         gens = (torch.Generator(self.device).manual_seed(chunk_seed(seed, c)) for c in chunks)
+        if self._sampler is not None and self._sampler.fuses_scaling:
+            batches = self._sampler.iter_generate(rows, gens, self._affine(scale), **filters)
+            return ((c, x.cpu().numpy()) for c, x in zip(chunks, batches))
         if self._sampler is not None:
             batches = self._sampler.iter_generate(rows, gens, **filters)
         else:
             batches = (generate(self.model, b, g, **filters) for b, g in zip(rows, gens))
-        return zip(chunks, batches)
+        return ((c, self._to_scale(x, scale)) for c, x in zip(chunks, batches))
+
+    def _affine(self, scale: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(span, lo) float64 device tensors mapping unit windows to `scale` for the decode
+        epilogue (None: model scale), made once per scale and kept (CUDA graphs hold them)."""
+        if scale == "model":
+            return None
+        if scale not in self._affines:
+            C = len(self.channels)
+            span, lo = ((self.scaler.hi - self.scaler.lo, self.scaler.lo) if scale == "data"
+                        else (np.ones(C), np.zeros(C)))
+            self._affines[scale] = tuple(torch.as_tensor(a, dtype=torch.float64, device=self.device)
+                                         for a in (span, lo))
+        return self._affines[scale]
 
     def sample(self, n: int, batch_size: int | None = None, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -7,6 +7,10 @@ Same model and distribution as `sampling.generate`, computed differently:
   residual adds and biases go through in-place `addmm_` / `add_` (no fresh pages per step);
 - tokens are drawn by inverse CDF from one uniform per token (softmax -> cumsum -> searchsorted)
   instead of `multinomial`, which draws V random numbers per row; no host synchronisation;
+- with the C++/CUDA extension (`extension.py`), each scale's codebook gather, up-interpolation,
+  phi conv, f_hat accumulation and the next scale's area-down input are one op, and the decoder's
+  component sum, clamp and scaling to the requested units another (the same numbers: the scaling
+  bit for bit, the rest within float rounding);
 - on CUDA the transformer runs in bf16 (logits in fp32) with the Triton cached-attention kernel,
   and the whole batch (all scales and the decoder) is captured in one CUDA graph per batch size.
 """
@@ -66,6 +70,7 @@ class _Buffers:
         self.k = torch.empty(cfg.n_layer, batch, cfg.n_head, L, d // cfg.n_head, **kw)
         self.v = torch.empty_like(self.k)
         self.tmp = torch.empty(batch * s_max, 4 * d, **kw)  # GELU scratch
+        self.f_hat = torch.empty(batch, cfg.code_dim, cfg.scales[-1], device=device)
 
 
 class FastSampler:
@@ -81,6 +86,7 @@ class FastSampler:
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.attention = backends.cached_attention_for(device)
         self.gelu = gelu_tanh_ if device.type == "cpu" else _gelu_tanh_aten
+        self.ops = backends.extension_ops(device)  # None: the PyTorch path
         # per-position additive embedding (pos + level), in the transformer dtype
         self.pos = (gpt.pos_embed[0] + gpt.lvl_embed(gpt.level)).to(self.gpt_dtype).detach()
         self.word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
@@ -131,10 +137,11 @@ class FastSampler:
         return self.head(self.ln_f(x.float()))
 
     # --- one batch -------------------------------------------------------------------------------
-    def _run(self, buf: _Buffers, b: int, uniforms: torch.Tensor,
-             filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run(self, buf: _Buffers, b: int, uniforms: torch.Tensor, filters: dict,
+             affine: tuple | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All scales and the decoder for b rows; uniforms (b, L) drive the token draws.
-        Returns the windows and the K token maps."""
+        Returns the windows and the K token maps; affine, with the extension: (span, lo) of
+        `extension.decode_epilogue`, applied to the windows."""
         cfg, quant, d = self.cfg, self.model.vqvae.quant, self.cfg.d_model
         scales, off = cfg.scales, self.offsets
         # scale 1 (the start token alone): identical for every row, so computed for one row
@@ -146,14 +153,16 @@ class FastSampler:
         buf.k[:, :, :, :s0] = one.k[:, :, :, :s0]
         buf.v[:, :, :, :s0] = one.v[:, :, :, :s0]
         logits0 = filter_logits(self._logits(x0), **filters)
-        f_hat, indices = None, []
+        f_hat, indices, ops, nxt = None, [], self.ops, None
+        if ops is not None:
+            f_hat = buf.f_hat[:b].zero_()
         for k, s in enumerate(scales):
             with backends.nvtx_range(f"scale {k}"):
                 if k == 0:
                     logits = logits0.expand(b, s, -1).reshape(b * s, -1)
                 else:
                     x = buf.x[:b * s]
-                    inp = area_resize(f_hat, s).transpose(1, 2).reshape(b * s, -1)
+                    inp = (nxt if ops else area_resize(f_hat, s)).transpose(1, 2).reshape(b * s, -1)
                     torch.addmm(self.word_b, inp.to(self.gpt_dtype), self.word_w.t(), out=x)
                     x.view(b, s, d).add_(self.pos[off[k]:off[k + 1]])
                     self._layers(x, buf, off[k], off[k + 1])
@@ -161,9 +170,18 @@ class FastSampler:
                 u = uniforms[:, off[k]:off[k + 1]].reshape(-1)
                 idx = draw_from_logits(logits, u).view(b, s)
                 indices.append(idx)
-                h = quant.embed(idx, k)
-                f_hat = h if f_hat is None else f_hat.add_(h)
+                if ops is not None:
+                    phi = quant.phis[quant.phi_of_scale[k]]
+                    nxt = ops.interp_accumulate(f_hat, quant.codebook.weight, idx, phi.conv.weight,
+                                                phi.conv.bias, phi.alpha,
+                                                scales[k + 1] if k + 1 < len(scales) else 0)
+                else:
+                    h = quant.embed(idx, k)
+                    f_hat = h if f_hat is None else f_hat.add_(h)
         with backends.nvtx_range("decode"):
+            if ops is not None:
+                parts = self.model.vqvae.decoder(f_hat)
+                return ops.decode_epilogue(*parts, *(affine or (None, None))), indices
             return self.model.vqvae.decode(f_hat).clamp_(-1, 1), indices
 
     @torch.no_grad()
@@ -176,6 +194,12 @@ class FastSampler:
         x, indices = self.run(self.draw_uniforms(batch, generator), filters)
         return (x, indices) if return_indices else x
 
+    @property
+    def fuses_scaling(self) -> bool:
+        """Whether `run(..., affine=)` applies the output scaling itself (the extension's decode
+        epilogue); otherwise the windows come back in model scale."""
+        return self.ops is not None
+
     def check_filters(self, **filters) -> dict:
         """Validate temperature / top_k / top_p once, before any work (`sampling.check_filters`:
         the same rules and numbers as the eager sampler)."""
@@ -186,17 +210,22 @@ class FastSampler:
         return torch.rand(batch, self.cfg.n_tokens, generator=generator, device=self.device)
 
     @torch.no_grad()
-    def run(self, uniforms: torch.Tensor, filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Windows and token maps of one batch given its uniforms (deterministic)."""
+    def run(self, uniforms: torch.Tensor, filters: dict,
+            affine: tuple | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Windows and token maps of one batch given its uniforms (deterministic). affine: the
+        (span, lo) device tensors of the output scaling, used when `fuses_scaling`; they must
+        stay alive and unchanged (CUDA graphs keep their addresses)."""
         batch = uniforms.shape[0]
+        affine = affine if self.fuses_scaling else None
         if self.device.type == "cuda" and backends.cuda_graphs_enabled():
-            return self._graph_run(batch, uniforms, filters)
-        return self._run(self.buffers(batch), batch, uniforms, filters)
+            return self._graph_run(batch, uniforms, filters, affine)
+        return self._run(self.buffers(batch), batch, uniforms, filters, affine)
 
-    def _graph_run(self, batch: int, uniforms: torch.Tensor,
-                   filters: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _graph_run(self, batch: int, uniforms: torch.Tensor, filters: dict,
+                   affine: tuple | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Replay (capturing on first use) one CUDA graph of the whole batch for these settings."""
-        key = (batch, tuple(sorted(filters.items(), key=lambda kv: kv[0])))
+        key = (batch, tuple(sorted(filters.items(), key=lambda kv: kv[0])),
+               None if affine is None else tuple(a.data_ptr() for a in affine))
         entry = self._graphs.get(key)
         if entry is None:
             buf, static_u = self.buffers(batch), uniforms.clone()
@@ -204,11 +233,11 @@ class FastSampler:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up outside the graph (kernel compilation)
                 for _ in range(2):
-                    self._run(buf, batch, static_u, filters)
+                    self._run(buf, batch, static_u, filters, affine)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._run(buf, batch, static_u, filters)
+                out = self._run(buf, batch, static_u, filters, affine)
             entry = self._graphs[key] = (graph, static_u, out)
         graph, static_u, out = entry
         static_u.copy_(uniforms)
@@ -230,12 +259,17 @@ class StreamSampler:
         self.streams = streams if device.type == "cpu" else 1
         self.samplers = [FastSampler(model, device) for _ in range(self.streams)]
 
+    @property
+    def fuses_scaling(self) -> bool:
+        return self.samplers[0].fuses_scaling
+
     @torch.no_grad()
     def iter_generate(self, sizes: Iterable[int],
                       generator: torch.Generator | Iterable[torch.Generator] | None,
-                      **filters) -> Iterator[torch.Tensor]:
+                      affine: tuple | None = None, **filters) -> Iterator[torch.Tensor]:
         """Yield the windows of each batch size in `sizes`, in order. `generator` is one generator
-        drawn in batch order, or an iterable of one generator per batch (chunked streams)."""
+        drawn in batch order, or an iterable of one generator per batch (chunked streams);
+        affine as in `FastSampler.run`."""
         first = self.samplers[0]
         filters = first.check_filters(**filters)
         if generator is None or isinstance(generator, torch.Generator):
@@ -243,7 +277,7 @@ class StreamSampler:
         pairs = zip(sizes, generator)
         if first.device.type != "cpu":
             for b, gen in pairs:
-                yield first.run(first.draw_uniforms(b, gen), filters)[0]
+                yield first.run(first.draw_uniforms(b, gen), filters, affine)[0]
             return
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -253,7 +287,8 @@ class StreamSampler:
                 pending: deque = deque()
                 for i, (b, gen) in enumerate(pairs):
                     sampler = self.samplers[i % self.streams]
-                    pending.append(pool.submit(sampler.run, first.draw_uniforms(b, gen), filters))
+                    pending.append(pool.submit(sampler.run, first.draw_uniforms(b, gen), filters,
+                                               affine))
                     if len(pending) == self.streams:
                         yield pending.popleft().result()[0]
                 while pending:
