@@ -21,10 +21,23 @@ if ! pip install -q --no-deps --no-build-isolation --no-index . >"$OUT/pip.log" 
     export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 fi
 (cd /tmp && python3 -c "import timemar_engine.kernels.attention, timemar_engine.kernels.codebook; print('package ok:', __import__('timemar_engine').__file__)")
+# the C++/CUDA extension: built by the pip install above; in the copied tree, JIT-built in place
+(cd /tmp && python3 -c "import timemar_engine._C") 2>/dev/null || python3 - <<'PY'
+import glob, importlib.util, os
+from torch.utils import cpp_extension
+pkg = os.path.dirname(importlib.util.find_spec("timemar_engine").origin)
+src = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp")), "csrc/cuda/ops_cuda.cpp",
+       "csrc/cuda/kernels.cu"]
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0"); os.environ.setdefault("MAX_JOBS", "16")
+cpp_extension.load("_C", src, extra_cflags=["-O3", "-ffp-contract=off", "-DWITH_CUDA"],
+                   extra_include_paths=["csrc"], build_directory=pkg, verbose=False)
+print("extension JIT-built into", pkg)
+PY
+(cd /tmp && python3 -c "from timemar_engine import extension as e; print('extension:', e.status())")
 # python3 -P: the repo's own timemar_engine/ (which lacks kernels/) must not shadow the install
 # 2. GPU tests (the kernels compiled for real: TRITON_INTERPRET is unset)
 python3 -P -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernel_attention.py \
-    tests/test_kernel_codebook.py tests/test_fast_sampling.py 2>&1 | tail -n 8
+    tests/test_kernel_codebook.py tests/test_fast_sampling.py tests/test_extension.py 2>&1 | tail -n 8
 # 3. benchmarks, medians into one JSON
 python3 -P -m pytest -q -p no:cacheprovider bench/ --benchmark-only \
     --benchmark-json "$OUT/bench.json" 2>&1 | tail -n 4

@@ -166,3 +166,32 @@ def test_tensorrt_plan_matches_pytorch(tmp_path, rng):
     export.build_tensorrt(onnx_path, tmp_path / "d2.plan", **kw)  # same key: from the cache
     assert cached.stat().st_mtime_ns == stamp
     assert (tmp_path / "d2.plan").read_bytes() == plan.read_bytes()
+
+
+def test_engine_decodes_through_onnxruntime(ckpt):
+    """decoder='onnxruntime': the engine's windows equal the PyTorch decode of its own tokens."""
+    from timemar_engine import Engine
+    e = Engine.load(ckpt, device="cpu", backend="engine", decoder="onnxruntime")
+    assert e.info()["decoder"] == "onnxruntime"
+    sampler = e._sampler.samplers[0]
+    assert sampler.decode_fn is not None and not sampler.fuses_scaling
+    x, idx = sampler.generate(300, torch.Generator().manual_seed(0), return_indices=True)
+    ref = e.decode([i.numpy() for i in idx], scale="model")
+    np.testing.assert_allclose(x.numpy(), ref, atol=1e-5, rtol=0)
+    got = e.sample(70, seed=3, scale="unit")
+    assert got.shape == (70, 24, 3) and np.isfinite(got).all() and got.min() >= 0 and got.max() <= 1
+
+
+def test_decoder_choice_errors(ckpt, capsys):
+    from timemar_engine import Engine
+    with pytest.raises(ValueError, match="unknown decoder 'onnx'"):
+        Engine.load(ckpt, device="cpu", decoder="onnx")
+    with pytest.raises(ValueError, match="use backend 'engine'"):
+        Engine.load(ckpt, device="cpu", backend="eager", decoder="onnxruntime")
+    assert Engine.load(ckpt, device="cpu").info()["decoder"] == "pytorch"
+    if not HAS_TRT:
+        code = main(["sample", "--ckpt", str(ckpt), "--n", "5", "--out", str(ckpt.parent / "x.npy"),
+                     "--decoder", "tensorrt", "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and "TensorRT is not installed" in err[0], err
+        assert not (ckpt.parent / "x.npy").exists()

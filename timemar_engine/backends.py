@@ -20,6 +20,22 @@ BACKENDS = ("auto", "eager", "engine")
 
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+DECODERS = ("auto", "pytorch", "onnxruntime", "tensorrt")
+
+
+def resolve_decoder(decoder: str, backend: str) -> str:
+    """How the engine decodes f_hat to windows. 'auto' -> 'pytorch' (with the extension's
+    epilogue when built): onnxruntime did not measurably beat it on CPU (bench/
+    test_bench_extension.py) and TensorRT has not been measured. 'onnxruntime' / 'tensorrt' run
+    the exported decoder (`export.py`) inside the engine's loop, so they need backend 'engine'."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+    if decoder == "auto":
+        return "pytorch"
+    if decoder != "pytorch" and backend != "engine":
+        raise ValueError(f"decoder {decoder!r} runs inside the engine's loop: use backend "
+                         f"'engine' (or auto), not {backend!r}")
+    return decoder
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling backend: auto (default: the fastest correct one on this "
                    "device), engine (preallocated static-shape loop; on CUDA bf16, Triton "
                    "attention and CUDA graphs) or eager (the plain PyTorch reference path)")
+    s.add_argument("--decoder", default="auto",
+                   choices=("auto", "pytorch", "onnxruntime", "tensorrt"),
+                   help="how the engine decodes latents: auto (= pytorch, with the C++ epilogue "
+                   "when built; onnxruntime was not faster on CPU), onnxruntime or tensorrt "
+                   "(the exported decoder, see `export`)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -224,7 +229,8 @@ def cmd_sample(args) -> int:
     else:
         check_output(out, fmt, [], args.force)
     device = distributed_device(args.device, distributed.local_rank()) if sharded else args.device
-    engine = Engine.load(args.ckpt, device=device, backend=args.backend)
+    engine = Engine.load(args.ckpt, device=device, backend=args.backend,
+                         decoder=args.decoder)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,

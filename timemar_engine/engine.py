@@ -72,24 +72,47 @@ class Engine:
     """A loaded TimeMAR model ready to sample. Build it with `Engine.load`."""
 
     def __init__(self, model, scaler, channels, meta, device: torch.device, backend: str,
-                 path: Path):
+                 path: Path, decoder: str = "pytorch"):
         self.model, self.scaler, self.channels, self.meta = model, scaler, channels, meta
-        self.device, self.backend, self.path = device, backend, path
+        self.device, self.backend, self.path, self.decoder = device, backend, path, decoder
         self.cfg = model.cfg
         self._sampler = (StreamSampler(model, device, backends.cpu_streams())
                          if backend == "engine" else None)
+        if decoder != "pytorch":
+            self._sampler.set_decoder(self._exported_decoder(decoder))
         self._affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
-             backend: str = "auto") -> "Engine":
+             backend: str = "auto", decoder: str = "auto") -> "Engine":
         """Load a checkpoint (None: the packaged default model) onto device ('auto', 'cpu', 'cuda')
-        with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager')."""
+        with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager') and
+        a decoder ('auto' = 'pytorch', 'onnxruntime' or 'tensorrt': `backends.resolve_decoder`)."""
         dev = resolve_device(device)
         backend = backends.resolve_backend(backend, dev)
+        decoder = backends.resolve_decoder(decoder, backend)
         path = Path(path) if path is not None else default_checkpoint()
         model, scaler, channels, meta, _ = load_checkpoint(path, dev)
-        return cls(model, scaler, channels, meta, dev, backend, path)
+        return cls(model, scaler, channels, meta, dev, backend, path, decoder)
+
+    def _exported_decoder(self, decoder: str):
+        """The model's decoder exported to ONNX (model scale) and run by onnxruntime, or built
+        into a (cached) TensorRT plan."""
+        from . import export
+        try:
+            if decoder == "onnxruntime":
+                return export.OrtDecoder.from_model(self.model, self.scaler, "model")
+            export.require_tensorrt()
+        except export.MissingDependency as e:
+            raise ValueError(f"decoder {decoder!r}: {e}") from None
+        import hashlib
+        import tempfile
+        sha = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = export.export_onnx(self.model, self.scaler, Path(tmp) / "decoder.onnx", "model")
+            plan = export.build_tensorrt(onnx, Path(tmp) / "decoder.plan", checkpoint_sha256=sha,
+                                         scale="model")
+            return export.TrtDecoder(plan)
 
     @property
     def seq_len(self) -> int:
@@ -100,6 +123,7 @@ class Engine:
             "path": str(self.path),
             "device": str(self.device),
             "backend": self.backend,
+            "decoder": self.decoder,
             "backends_available": backends.available_backends(self.device),
             "triton": backends.triton_available(),
             "extension": extension.status(),

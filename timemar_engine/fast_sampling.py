@@ -87,6 +87,7 @@ class FastSampler:
         self.attention = backends.cached_attention_for(device)
         self.gelu = gelu_tanh_ if device.type == "cpu" else _gelu_tanh_aten
         self.ops = backends.extension_ops(device)  # None: the PyTorch path
+        self.decode_fn = None  # an exported decoder (f_hat -> model-scale windows), or None
         # per-position additive embedding (pos + level), in the transformer dtype
         self.pos = (gpt.pos_embed[0] + gpt.lvl_embed(gpt.level)).to(self.gpt_dtype).detach()
         self.word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
@@ -179,6 +180,8 @@ class FastSampler:
                     h = quant.embed(idx, k)
                     f_hat = h if f_hat is None else f_hat.add_(h)
         with backends.nvtx_range("decode"):
+            if self.decode_fn is not None:
+                return self.decode_fn(f_hat), indices
             if ops is not None:
                 parts = self.model.vqvae.decoder(f_hat)
                 return ops.decode_epilogue(*parts, *(affine or (None, None))), indices
@@ -198,7 +201,7 @@ class FastSampler:
     def fuses_scaling(self) -> bool:
         """Whether `run(..., affine=)` applies the output scaling itself (the extension's decode
         epilogue); otherwise the windows come back in model scale."""
-        return self.ops is not None
+        return self.ops is not None and self.decode_fn is None
 
     def check_filters(self, **filters) -> dict:
         """Validate temperature / top_k / top_p once, before any work (`sampling.check_filters`:
@@ -217,7 +220,7 @@ class FastSampler:
         stay alive and unchanged (CUDA graphs keep their addresses)."""
         batch = uniforms.shape[0]
         affine = affine if self.fuses_scaling else None
-        if self.device.type == "cuda" and backends.cuda_graphs_enabled():
+        if self.device.type == "cuda" and backends.cuda_graphs_enabled() and not self.decode_fn:
             return self._graph_run(batch, uniforms, filters, affine)
         return self._run(self.buffers(batch), batch, uniforms, filters, affine)
 
@@ -262,6 +265,12 @@ class StreamSampler:
     @property
     def fuses_scaling(self) -> bool:
         return self.samplers[0].fuses_scaling
+
+    def set_decoder(self, decode_fn) -> None:
+        """Decode through an exported decoder (`export.OrtDecoder` / `TrtDecoder`, model scale);
+        CUDA graphs are then off (onnxruntime cannot be captured)."""
+        for s in self.samplers:
+            s.decode_fn = decode_fn
 
     @torch.no_grad()
     def iter_generate(self, sizes: Iterable[int],
