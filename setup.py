@@ -51,10 +51,10 @@ def cudart_dir(nvcc: str) -> Path | None:
 
 
 def cpu_flags() -> list[str]:
-    """-O3 without FMA contraction (the decode epilogue reproduces numpy's rounding exactly), plus
+    """-O3 without debug info or FMA contraction (the decode epilogue reproduces numpy's rounding exactly), plus
     AVX2/FMA code when this machine has them (the extension is built on the machine that runs it;
     TIMEMAR_PORTABLE_BUILD=1 leaves them out)."""
-    flags = ["-O3", "-ffp-contract=off"]
+    flags = ["-O3", "-g0", "-ffp-contract=off"]
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -1,24 +1,89 @@
 // CPU: f_hat += phi(linear_up(codebook[idx])), then the area-down input of the next scale.
-// One window per task (at::parallel_for); time-major scratch so every inner loop runs over the
-// D contiguous channels and vectorises.
+// One window per task (at::parallel_for); time-major scratch, and phi's conv as register tiles of
+// 4 time steps x 16 output channels (the inner loops run over contiguous channels and vectorise).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <vector>
 
 namespace {
 
+constexpr int64_t kRows = 4;  // time steps per register tile of the phi conv
+
 template <typename T>
+inline T mul_add(T x, T w, T acc) {
+#ifdef __FMA__
+  return std::fma(x, w, acc);
+#else
+  return acc + x * w;
+#endif
+}
+
+// phi's conv for kRows time steps from t0 and CB output channels from co0: a register tile
+// acc[kRows][CB] summed over the 3 taps and D input channels (one broadcast of up[t][ci] times
+// a contiguous row of wt[j][ci][co0:co0+CB] per step, which the compiler keeps in vectors).
+template <typename T, int CB>
+inline void conv_tile(const T* up, const T* wt, const T* bias, int64_t D, int64_t t0, int64_t co0,
+                      T (&acc)[kRows][CB]) {
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int c = 0; c < CB; ++c) acc[r][c] = bias[co0 + c];
+  for (int64_t j = 0; j < 3; ++j) {
+    for (int64_t ci = 0; ci < D; ++ci) {
+      const T* w = wt + (j * D + ci) * D + co0;
+      for (int64_t r = 0; r < kRows; ++r) {
+        const T x = up[(t0 + r + j) * D + ci];  // position t0 + r + j - 1 (row 0 is padding)
+        for (int c = 0; c < CB; ++c) acc[r][c] = mul_add(x, w[c], acc[r][c]);
+      }
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// The float 4 x 16 tile in AVX2: 8 accumulators, two weight vectors and one broadcast per step.
+template <>
+inline void conv_tile<float, 16>(const float* up, const float* wt, const float* bias, int64_t D,
+                                 int64_t t0, int64_t co0, float (&acc)[kRows][16]) {
+  __m256 a[kRows][2];
+  const __m256 b0 = _mm256_loadu_ps(bias + co0), b1 = _mm256_loadu_ps(bias + co0 + 8);
+  for (int64_t r = 0; r < kRows; ++r) a[r][0] = b0, a[r][1] = b1;
+  for (int64_t j = 0; j < 3; ++j) {
+    const float* u = up + (t0 + j) * D;
+    const float* w = wt + j * D * D + co0;
+    for (int64_t ci = 0; ci < D; ++ci, w += D) {
+      const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const __m256 x = _mm256_broadcast_ss(u + r * D + ci);
+        a[r][0] = _mm256_fmadd_ps(x, w0, a[r][0]);
+        a[r][1] = _mm256_fmadd_ps(x, w1, a[r][1]);
+      }
+    }
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    _mm256_storeu_ps(acc[r], a[r][0]);
+    _mm256_storeu_ps(acc[r] + 8, a[r][1]);
+  }
+}
+#endif
+
+template <typename T, int CB>
 void interp_accumulate_kernel(T* f_hat, const T* codebook, const int64_t* idx, const T* wt,
                               const T* bias, T alpha, int64_t B, int64_t D, int64_t L, int64_t s,
-                              int64_t V, T* down, int64_t n) {
+                              T* down, int64_t n) {
   const T keep = static_cast<T>(1.0 - static_cast<double>(alpha));
   const T scale = static_cast<T>(s) / static_cast<T>(L);  // half-pixel linear, as ATen
+  const int64_t tiles = (L + kRows - 1) / kRows;
   at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<T> up((L + 2) * D), conv(D);  // up rows 0 and L + 1 are the zero padding
+    // up: rows 1..L hold positions 0..L-1; row 0 and rows L+1.. are zero (conv padding and
+    // the tail of the last tile)
+    std::vector<T> up((tiles * kRows + 2) * D, T(0));
+    T acc[kRows][CB];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t* ib = idx + b * s;
       for (int64_t t = 0; t < L; ++t) {
@@ -32,22 +97,17 @@ void interp_accumulate_kernel(T* f_hat, const T* codebook, const int64_t* idx, c
         T* u = up.data() + (t + 1) * D;
         for (int64_t d = 0; d < D; ++d) u[d] = l0 * c0[d] + l1 * c1[d];
       }
-      std::fill(up.begin(), up.begin() + D, T(0));
-      std::fill(up.end() - D, up.end(), T(0));
       T* fb = f_hat + b * D * L;
-      for (int64_t t = 0; t < L; ++t) {
-        for (int64_t co = 0; co < D; ++co) conv[co] = bias[co];
-        for (int64_t j = 0; j < 3; ++j) {
-          const T* u = up.data() + (t + j) * D;  // position t + j - 1, shifted by the padding row
-          const T* w = wt + j * D * D;            // wt[j][ci][co]
-          for (int64_t ci = 0; ci < D; ++ci) {
-            const T x = u[ci];
-            const T* wr = w + ci * D;
-            for (int64_t co = 0; co < D; ++co) conv[co] += x * wr[co];
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t t0 = tile * kRows, rows = std::min(kRows, L - t0);
+        for (int64_t co0 = 0; co0 < D; co0 += CB) {
+          conv_tile<T, CB>(up.data(), wt, bias, D, t0, co0, acc);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* u = up.data() + (t0 + r + 1) * D + co0;
+            for (int c = 0; c < CB; ++c)
+              fb[(co0 + c) * L + t0 + r] += u[c] * keep + acc[r][c] * alpha;
           }
         }
-        const T* u = up.data() + (t + 1) * D;
-        for (int64_t co = 0; co < D; ++co) fb[co * L + t] += u[co] * keep + conv[co] * alpha;
       }
       if (n == 0) continue;
       T* db = down + b * D * n;
@@ -88,10 +148,14 @@ at::Tensor interp_accumulate_cpu(at::Tensor f_hat, const at::Tensor& codebook,
   auto bs = bias.contiguous();
   auto down = at::empty({B, D, next_size}, f_hat.options());
   AT_DISPATCH_FLOATING_TYPES(f_hat.scalar_type(), "interp_accumulate_cpu", [&] {
-    interp_accumulate_kernel<scalar_t>(
-        f_hat.data_ptr<scalar_t>(), cb.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
-        wt.data_ptr<scalar_t>(), bs.data_ptr<scalar_t>(), static_cast<scalar_t>(alpha), B, D, L,
-        ids.size(1), V, down.data_ptr<scalar_t>(), next_size);
+    // widest channel block that divides D: 16 / 8 / 4 / 1 output channels per register tile
+    auto kernel = D % 16 == 0 ? interp_accumulate_kernel<scalar_t, 16>
+                  : D % 8 == 0 ? interp_accumulate_kernel<scalar_t, 8>
+                  : D % 4 == 0 ? interp_accumulate_kernel<scalar_t, 4>
+                               : interp_accumulate_kernel<scalar_t, 1>;
+    kernel(f_hat.data_ptr<scalar_t>(), cb.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
+           wt.data_ptr<scalar_t>(), bs.data_ptr<scalar_t>(), static_cast<scalar_t>(alpha), B, D,
+           L, ids.size(1), down.data_ptr<scalar_t>(), next_size);
   });
   return down;
 }
