@@ -51,10 +51,12 @@ def cudart_dir(nvcc: str) -> Path | None:
 
 
 def cpu_flags() -> list[str]:
-    """-O3 without debug info or FMA contraction (the decode epilogue reproduces numpy's rounding exactly), plus
+    """-O3 without debug info or FMA contraction (the decode epilogue reproduces numpy's rounding
+    exactly), OpenMP (at::parallel_for is inline: without -fopenmp it runs serially; the module
+    then shares torch's own libgomp.so.1, already loaded under that name), plus
     AVX2/FMA code when this machine has them (the extension is built on the machine that runs it;
     TIMEMAR_PORTABLE_BUILD=1 leaves them out)."""
-    flags = ["-O3", "-g0", "-ffp-contract=off"]
+    flags = ["-O3", "-g0", "-ffp-contract=off", "-fopenmp"]
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -103,6 +105,7 @@ def extension_setup() -> dict:
     ext = CppExtension("timemar_engine._C", sources, include_dirs=[str(ROOT / CSRC)],
                        define_macros=macros, extra_objects=objects, libraries=libs,
                        library_dirs=lib_dirs, extra_compile_args={"cxx": cpu_flags()},
+                       extra_link_args=["-fopenmp"],
                        optional=True)  # a failed build leaves the pure-PyTorch package
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
 

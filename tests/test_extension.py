@@ -40,11 +40,12 @@ def random_case(gen, B, D, L, s, V, dtype):
 @needs_ext
 @pytest.mark.parametrize("T", [24, 256])
 @pytest.mark.parametrize("B", [1, 37])
+@pytest.mark.parametrize("D", [16, 32, 5])  # compiled-in code widths and the generic loop
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_interp_accumulate_matches_eager_on_every_scale(T, B, dtype, tol):
-    gen = torch.Generator().manual_seed(T + B)
+def test_interp_accumulate_matches_eager_on_every_scale(T, B, D, dtype, tol):
+    gen = torch.Generator().manual_seed(T + B + D)
     scales = SCHEDULES[T]
-    L, D, V = scales[-1], 16, 97
+    L, V = scales[-1], 97
     for k, s in enumerate(scales):
         nxt = scales[k + 1] if k + 1 < len(scales) else 0
         f, cb, idx, w, b = random_case(gen, B, D, L, s, V, dtype)

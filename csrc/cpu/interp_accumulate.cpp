@@ -1,124 +1,111 @@
 // CPU: f_hat += phi(linear_up(codebook[idx])), then the area-down input of the next scale.
-// One window per task (at::parallel_for); time-major scratch, and phi's conv as register tiles of
-// 4 time steps x 16 output channels (the inner loops run over contiguous channels and vectorise).
+//
+// phi(h) = (1 - a) h + a (conv3(h) + bias) is linear in h, and every up-interpolated position is
+// a blend of two codebook rows, so the conv never has to run per window: once per call we tabulate
+// table[v] = ((1 - a) e_v, a W_0 e_v, a W_1 e_v, a W_2 e_v) for the V codes (3 V D^2
+// multiply-adds), and each output position of each window becomes a sum of at most eight
+// contiguous D-vectors of that table, weighted by the interpolation weights (8 D instead of
+// 3 D^2 + D multiply-adds). One window per task (at::parallel_for).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#include <cmath>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kRows = 4;  // time steps per register tile of the phi conv
-
+// Half-pixel linear interpolation from s to L positions, as ATen's linear (align_corners=False):
+// position t blends source i0[t] (weight l0[t]) and i1[t] (weight l1[t]).
 template <typename T>
-inline T mul_add(T x, T w, T acc) {
-#ifdef __FMA__
-  return std::fma(x, w, acc);
-#else
-  return acc + x * w;
-#endif
-}
-
-// phi's conv for kRows time steps from t0 and CB output channels from co0: a register tile
-// acc[kRows][CB] summed over the 3 taps and D input channels (one broadcast of up[t][ci] times
-// a contiguous row of wt[j][ci][co0:co0+CB] per step, which the compiler keeps in vectors).
-template <typename T, int CB>
-inline void conv_tile(const T* up, const T* wt, const T* bias, int64_t D, int64_t t0, int64_t co0,
-                      T (&acc)[kRows][CB]) {
-  for (int64_t r = 0; r < kRows; ++r)
-    for (int c = 0; c < CB; ++c) acc[r][c] = bias[co0 + c];
-  for (int64_t j = 0; j < 3; ++j) {
-    for (int64_t ci = 0; ci < D; ++ci) {
-      const T* w = wt + (j * D + ci) * D + co0;
-      for (int64_t r = 0; r < kRows; ++r) {
-        const T x = up[(t0 + r + j) * D + ci];  // position t0 + r + j - 1 (row 0 is padding)
-        for (int c = 0; c < CB; ++c) acc[r][c] = mul_add(x, w[c], acc[r][c]);
-      }
+struct LinearUp {
+  std::vector<int64_t> i0, i1;
+  std::vector<T> l0, l1;
+  LinearUp(int64_t s, int64_t L) : i0(L), i1(L), l0(L), l1(L) {
+    const T scale = static_cast<T>(s) / static_cast<T>(L);
+    for (int64_t t = 0; t < L; ++t) {
+      T src = scale * (static_cast<T>(t) + T(0.5)) - T(0.5);
+      if (src < 0) src = 0;
+      i0[t] = static_cast<int64_t>(src);
+      i1[t] = i0[t] + (i0[t] < s - 1 ? 1 : 0);
+      l1[t] = src - static_cast<T>(i0[t]);
+      l0[t] = T(1) - l1[t];
     }
   }
-}
+};
 
-#if defined(__AVX2__) && defined(__FMA__)
-// The float 4 x 16 tile in AVX2: 8 accumulators, two weight vectors and one broadcast per step.
-template <>
-inline void conv_tile<float, 16>(const float* up, const float* wt, const float* bias, int64_t D,
-                                 int64_t t0, int64_t co0, float (&acc)[kRows][16]) {
-  __m256 a[kRows][2];
-  const __m256 b0 = _mm256_loadu_ps(bias + co0), b1 = _mm256_loadu_ps(bias + co0 + 8);
-  for (int64_t r = 0; r < kRows; ++r) a[r][0] = b0, a[r][1] = b1;
-  for (int64_t j = 0; j < 3; ++j) {
-    const float* u = up + (t0 + j) * D;
-    const float* w = wt + j * D * D + co0;
-    for (int64_t ci = 0; ci < D; ++ci, w += D) {
-      const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
-      for (int64_t r = 0; r < kRows; ++r) {
-        const __m256 x = _mm256_broadcast_ss(u + r * D + ci);
-        a[r][0] = _mm256_fmadd_ps(x, w0, a[r][0]);
-        a[r][1] = _mm256_fmadd_ps(x, w1, a[r][1]);
+// table (V, 4, D): row 0 = keep * e_v, row 1 + j = alpha * W_j e_v for the conv's tap j, where
+// wt is the conv weight as (3, D_in, D_out) (the inner loop runs over contiguous D_out).
+template <typename T>
+std::vector<T> code_table(const T* codebook, const T* wt, T alpha, T keep, int64_t V, int64_t D) {
+  std::vector<T> table(V * 4 * D, T(0));
+  at::parallel_for(0, V, 16, [&](int64_t v0, int64_t v1) {
+    for (int64_t v = v0; v < v1; ++v) {
+      const T* e = codebook + v * D;
+      T* row = table.data() + v * 4 * D;
+      for (int64_t d = 0; d < D; ++d) row[d] = keep * e[d];
+      for (int64_t j = 0; j < 3; ++j) {
+        T* out = row + (1 + j) * D;
+        for (int64_t ci = 0; ci < D; ++ci) {
+          const T x = alpha * e[ci];
+          const T* w = wt + (j * D + ci) * D;
+          for (int64_t co = 0; co < D; ++co) out[co] += x * w[co];
+        }
       }
     }
-  }
-  for (int64_t r = 0; r < kRows; ++r) {
-    _mm256_storeu_ps(acc[r], a[r][0]);
-    _mm256_storeu_ps(acc[r] + 8, a[r][1]);
-  }
+  });
+  return table;
 }
-#endif
 
-template <typename T, int CB>
-void interp_accumulate_kernel(T* f_hat, const T* codebook, const int64_t* idx, const T* wt,
-                              const T* bias, T alpha, int64_t B, int64_t D, int64_t L, int64_t s,
-                              T* down, int64_t n) {
-  const T keep = static_cast<T>(1.0 - static_cast<double>(alpha));
-  const T scale = static_cast<T>(s) / static_cast<T>(L);  // half-pixel linear, as ATen
-  const int64_t tiles = (L + kRows - 1) / kRows;
+// acc += l0 * table[c0][row] + l1 * table[c1][row]; DC is D when known at compile time (then
+// the loop is fully unrolled into vector registers), 0 otherwise
+template <typename T, int DC>
+inline void add_blend(T* __restrict acc, const T* __restrict table, int64_t c0, int64_t c1, T l0,
+                      T l1, int64_t row, int64_t D) {
+  const int64_t n = DC > 0 ? DC : D;
+  const T* __restrict r0 = table + (c0 * 4 + row) * n;
+  const T* __restrict r1 = table + (c1 * 4 + row) * n;
+  for (int64_t d = 0; d < n; ++d) acc[d] += l0 * r0[d] + l1 * r1[d];
+}
+
+template <typename T, int DC>
+void interp_accumulate_kernel(T* f_hat, const T* table, const T* bias, const int64_t* idx, T alpha,
+                              int64_t B, int64_t D, int64_t L, int64_t s, T* down, int64_t n) {
+  const LinearUp<T> up(s, L);
+  std::vector<T> abias(D);
+  for (int64_t d = 0; d < D; ++d) abias[d] = alpha * bias[d];
+  // area-down windows [start, end) of the next scale's n positions, as adaptive average pooling
+  std::vector<int64_t> start(n), end(n);
+  std::vector<T> inv_count(n);
+  for (int64_t i = 0; i < n; ++i) {
+    start[i] = (i * L) / n, end[i] = ((i + 1) * L + n - 1) / n;
+    inv_count[i] = T(1) / static_cast<T>(end[i] - start[i]);
+  }
   at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    // up: rows 1..L hold positions 0..L-1; row 0 and rows L+1.. are zero (conv padding and
-    // the tail of the last tile)
-    std::vector<T> up((tiles * kRows + 2) * D, T(0));
-    T acc[kRows][CB];
+    std::vector<T> acc_(D);
+    T* __restrict acc = acc_.data();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t* ib = idx + b * s;
-      for (int64_t t = 0; t < L; ++t) {
-        T src = scale * (static_cast<T>(t) + T(0.5)) - T(0.5);
-        if (src < 0) src = 0;
-        const int64_t i0 = static_cast<int64_t>(src);
-        const int64_t i1 = i0 + (i0 < s - 1 ? 1 : 0);
-        const T l1 = src - static_cast<T>(i0), l0 = T(1) - l1;
-        const T* c0 = codebook + ib[i0] * D;
-        const T* c1 = codebook + ib[i1] * D;
-        T* u = up.data() + (t + 1) * D;
-        for (int64_t d = 0; d < D; ++d) u[d] = l0 * c0[d] + l1 * c1[d];
-      }
       T* fb = f_hat + b * D * L;
-      for (int64_t tile = 0; tile < tiles; ++tile) {
-        const int64_t t0 = tile * kRows, rows = std::min(kRows, L - t0);
-        for (int64_t co0 = 0; co0 < D; co0 += CB) {
-          conv_tile<T, CB>(up.data(), wt, bias, D, t0, co0, acc);
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* u = up.data() + (t0 + r + 1) * D + co0;
-            for (int c = 0; c < CB; ++c)
-              fb[(co0 + c) * L + t0 + r] += u[c] * keep + acc[r][c] * alpha;
-          }
+      for (int64_t t = 0; t < L; ++t) {
+        for (int64_t d = 0; d < D; ++d) acc[d] = abias[d];
+        add_blend<T, DC>(acc, table, ib[up.i0[t]], ib[up.i1[t]], up.l0[t], up.l1[t], 0, D);
+        // conv tap j reads position t + j - 1 (zero padding outside [0, L))
+        for (int64_t j = 0; j < 3; ++j) {
+          const int64_t p = t + j - 1;
+          if (p < 0 || p >= L) continue;
+          add_blend<T, DC>(acc, table, ib[up.i0[p]], ib[up.i1[p]], up.l0[p], up.l1[p], 1 + j, D);
         }
+        for (int64_t d = 0; d < D; ++d) fb[d * L + t] += acc[d];
       }
       if (n == 0) continue;
       T* db = down + b * D * n;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t start = (i * L) / n, end = ((i + 1) * L + n - 1) / n;
-        const T count = static_cast<T>(end - start);
-        for (int64_t d = 0; d < D; ++d) {
-          const T* row = fb + d * L;
+      for (int64_t d = 0; d < D; ++d) {
+        const T* row = fb + d * L;
+        for (int64_t i = 0; i < n; ++i) {
           T sum = 0;
-          for (int64_t t = start; t < end; ++t) sum += row[t];
-          db[d * n + i] = sum / count;
+          for (int64_t t = start[i]; t < end[i]; ++t) sum += row[t];
+          db[d * n + i] = sum * inv_count[i];
         }
       }
     }
@@ -148,14 +135,16 @@ at::Tensor interp_accumulate_cpu(at::Tensor f_hat, const at::Tensor& codebook,
   auto bs = bias.contiguous();
   auto down = at::empty({B, D, next_size}, f_hat.options());
   AT_DISPATCH_FLOATING_TYPES(f_hat.scalar_type(), "interp_accumulate_cpu", [&] {
-    // widest channel block that divides D: 16 / 8 / 4 / 1 output channels per register tile
-    auto kernel = D % 16 == 0 ? interp_accumulate_kernel<scalar_t, 16>
-                  : D % 8 == 0 ? interp_accumulate_kernel<scalar_t, 8>
-                  : D % 4 == 0 ? interp_accumulate_kernel<scalar_t, 4>
-                               : interp_accumulate_kernel<scalar_t, 1>;
-    kernel(f_hat.data_ptr<scalar_t>(), cb.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
-           wt.data_ptr<scalar_t>(), bs.data_ptr<scalar_t>(), static_cast<scalar_t>(alpha), B, D,
-           L, ids.size(1), down.data_ptr<scalar_t>(), next_size);
+    const auto a = static_cast<scalar_t>(alpha);
+    const auto keep = static_cast<scalar_t>(1.0 - alpha);
+    const auto table = code_table(cb.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), a, keep, V, D);
+    // the code widths of the presets get a compile-time D
+    auto kernel = D == 16 ? interp_accumulate_kernel<scalar_t, 16>
+                  : D == 32 ? interp_accumulate_kernel<scalar_t, 32>
+                  : D == 64 ? interp_accumulate_kernel<scalar_t, 64>
+                            : interp_accumulate_kernel<scalar_t, 0>;
+    kernel(f_hat.data_ptr<scalar_t>(), table.data(), bs.data_ptr<scalar_t>(),
+           ids.data_ptr<int64_t>(), a, B, D, L, ids.size(1), down.data_ptr<scalar_t>(), next_size);
   });
   return down;
 }
