@@ -4,7 +4,8 @@ C = 28) and the `s` preset (C = 6), T = 24, batch 2048:
 - interpolate-accumulate: all K scales of one batch (codebook gather, linear up, phi, f_hat +=,
   area down) as the eager ops do them vs the extension's fused op;
 - decode: f_hat -> windows in data units as numpy, eager (`vqvae.decode`, clamp, numpy scaling)
-  vs the decoder + the extension's epilogue vs onnxruntime (CPU) vs TensorRT (when installed);
+  vs the decoder + the extension's epilogue vs the engine's decode stage (the same over blocks of
+  `backends.decode_rows` windows) vs onnxruntime (CPU) vs TensorRT (when installed);
 - end to end: the engine's sampling loop with the extension's ops and without them.
 
 Speed-ups are same-run median ratios. Run: pytest bench/ --benchmark-only
@@ -21,7 +22,7 @@ from timemar_engine.backends import cpu_streams
 from timemar_engine.config import preset
 from timemar_engine.data import MinMaxScaler
 from timemar_engine.engine import Engine
-from timemar_engine.fast_sampling import StreamSampler
+from timemar_engine.fast_sampling import FastSampler, StreamSampler
 from timemar_engine.model import TimeMAR
 
 QUICK = os.environ.get("TIMEMAR_BENCH_QUICK") == "1"
@@ -107,8 +108,15 @@ def decoders(model, scaler) -> dict:
     def epilogue(f):
         return extension.decode_epilogue(*model.vqvae.decoder(f), span, lo).cpu().numpy()
 
-    out = {"eager": eager, "extension_epilogue": epilogue if extension.available(DEVICE) else
-           f"extension unavailable: {extension.unavailable_reason()}"}
+    sampler = FastSampler(model, DEVICE)
+
+    def engine(f):  # the engine's decode stage: decoder blocks of backends.decode_rows + epilogue
+        return sampler.decode(f, (span, lo)).cpu().numpy()
+
+    missing = f"extension unavailable: {extension.unavailable_reason()}"
+    ok = extension.available(DEVICE)
+    out = {"eager": eager, "extension_epilogue": epilogue if ok else missing,
+           "engine": engine if ok else missing}
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
         from timemar_engine.export import OrtDecoder
         ort = OrtDecoder.from_model(model, scaler, "data")
@@ -128,7 +136,8 @@ def decode_variants(case):
         return decoders(model, scaler)
 
 
-@pytest.mark.parametrize("variant", ["eager", "extension_epilogue", "onnxruntime", "tensorrt"])
+@pytest.mark.parametrize("variant", ["eager", "extension_epilogue", "engine", "onnxruntime",
+                                     "tensorrt"])
 def test_decode(benchmark, case, decode_variants, variant):
     model, _, name = case
     fn = decode_variants[variant]

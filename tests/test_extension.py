@@ -138,6 +138,23 @@ def test_decode_epilogue_is_bit_identical_to_the_numpy_scaling():
 
 
 @needs_ext
+def test_decode_epilogue_reads_time_major_and_strided_components():
+    """The channels-last decoder hands over (B, C, T) views of (B, T, C) memory; any strides work
+    and give the bytes of the contiguous inputs."""
+    gen = torch.Generator().manual_seed(5)
+    tm = [torch.randn(9, 24, 4, generator=gen).transpose(1, 2) for _ in range(2)]  # time-major
+    odd = torch.randn(9, 4, 48, generator=gen)[:, :, ::2]  # stride 2 in time
+    parts = [*tm, odd]
+    span = torch.rand(4, generator=gen, dtype=torch.float64) * 9
+    lo = torch.randn(4, generator=gen, dtype=torch.float64)
+    want = extension.decode_epilogue(*[p.contiguous() for p in parts], span, lo)
+    assert not any(p.is_contiguous() for p in parts)
+    torch.testing.assert_close(extension.decode_epilogue(*parts, span, lo), want, atol=0, rtol=0)
+    torch.testing.assert_close(extension.decode_epilogue_reference(*parts, span, lo), want,
+                               atol=0, rtol=0)
+
+
+@needs_ext
 def test_engine_samples_decode_like_eager_given_the_same_tokens(rng):
     """Windows of the engine (extension ops) equal the eager decode of its own token maps."""
     model = TimeMAR(tiny_config()).eval()

@@ -119,6 +119,22 @@ def chunk_windows(device: torch.device) -> int:
     return 4096 if device.type == "cuda" else 256
 
 
+def decode_rows(device: torch.device) -> int | None:
+    """Windows per decoder call inside one batch: on CPU, blocks of 512 keep the decoder's
+    activations in cache and out of fresh pages (bench/test_bench_extension.py, `decode`); on CUDA
+    the whole batch (None)."""
+    return 512 if device.type == "cpu" else None
+
+
+def engine_decoder(decoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The decoder the engine runs: on CPU its channels-last Conv2d twin (`fast_decoder.py`,
+    measured faster there); elsewhere the module itself."""
+    if device.type != "cpu":
+        return decoder
+    from .fast_decoder import ChannelsLastDecoder
+    return ChannelsLastDecoder(decoder)
+
+
 def distributed_device(device: str, local_rank: int) -> str:
     """The device of one process of a torchrun job: CUDA without an index means cuda:LOCAL_RANK."""
     dev = resolve_device(device)

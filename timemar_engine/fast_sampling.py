@@ -7,6 +7,7 @@ Same model and distribution as `sampling.generate`, computed differently:
   residual adds and biases go through in-place `addmm_` / `add_` (no fresh pages per step);
 - tokens are drawn by inverse CDF from one uniform per token (softmax -> cumsum -> searchsorted)
   instead of `multinomial`, which draws V random numbers per row; no host synchronisation;
+- on CPU the decoder runs as channels-last Conv2d (`fast_decoder.py`) over cache-sized blocks;
 - with the C++/CUDA extension (`extension.py`), each scale's codebook gather, up-interpolation,
   phi conv, f_hat accumulation and the next scale's area-down input are one op, and the decoder's
   component sum, clamp and scaling to the requested units another (the same numbers: the scaling
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from . import backends
 from .decompose import area_resize
+from .fast_decoder import decode_sum
 from .model import TimeMAR
 from .sampling import check_filters, filter_logits, is_integer
 
@@ -88,6 +90,7 @@ class FastSampler:
         self.gelu = gelu_tanh_ if device.type == "cpu" else _gelu_tanh_aten
         self.ops = backends.extension_ops(device)  # None: the PyTorch path
         self.decode_fn = None  # an exported decoder (f_hat -> model-scale windows), or None
+        self.decoder = backends.engine_decoder(model.vqvae.decoder, device)
         # per-position additive embedding (pos + level), in the transformer dtype
         self.pos = (gpt.pos_embed[0] + gpt.lvl_embed(gpt.level)).to(self.gpt_dtype).detach()
         self.word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
@@ -180,12 +183,23 @@ class FastSampler:
                     h = quant.embed(idx, k)
                     f_hat = h if f_hat is None else f_hat.add_(h)
         with backends.nvtx_range("decode"):
-            if self.decode_fn is not None:
-                return self.decode_fn(f_hat), indices
-            if ops is not None:
-                parts = self.model.vqvae.decoder(f_hat)
-                return ops.decode_epilogue(*parts, *(affine or (None, None))), indices
-            return self.model.vqvae.decode(f_hat).clamp_(-1, 1), indices
+            return self.decode(f_hat, affine), indices
+
+    def decode(self, f_hat: torch.Tensor, affine: tuple | None = None) -> torch.Tensor:
+        """f_hat -> windows (B, T, C): the exported decoder when set, else the PyTorch decoder
+        (`backends.engine_decoder`) over blocks of `backends.decode_rows` windows with the
+        extension's epilogue (affine as in `run`) or the sum and clamp."""
+        if self.decode_fn is not None:
+            return self.decode_fn(f_hat)
+        rows = backends.decode_rows(self.device) or f_hat.shape[0]
+        blocks = [self._decode_block(f_hat[i:i + rows], affine)
+                  for i in range(0, f_hat.shape[0], rows)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _decode_block(self, f_hat: torch.Tensor, affine: tuple | None) -> torch.Tensor:
+        if self.ops is not None:
+            return self.ops.decode_epilogue(*self.decoder(f_hat), *(affine or (None, None)))
+        return decode_sum(self.decoder, f_hat)
 
     @torch.no_grad()
     def generate(self, batch: int, generator: torch.Generator | None = None, temperature: float = 1.0,

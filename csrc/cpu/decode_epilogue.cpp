@@ -23,20 +23,24 @@ at::Tensor decode_epilogue_cpu(const at::Tensor& trend, const at::Tensor& coarse
     lw = lo->to(at::kDouble).contiguous();
     TORCH_CHECK(sp.numel() == C && lw.numel() == C, "span and lo must hold C = ", C, " values");
   }
-  auto a = trend.contiguous(), b = coarse.contiguous(), c = fine.contiguous();
+  // any strides: channel-major (B, C, T) from the Conv1d decoder, time-major from the
+  // channels-last one (fast_decoder.py), read in place
   auto out = at::empty({B, T, C}, trend.options());
-  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pc = c.data_ptr<float>();
+  const float *pa = trend.data_ptr<float>(), *pb = coarse.data_ptr<float>(),
+              *pc = fine.data_ptr<float>();
+  const auto sa = trend.strides(), sb = coarse.strides(), sc = fine.strides();
   const double* ps = span ? sp.data_ptr<double>() : nullptr;
   const double* pl = span ? lw.data_ptr<double>() : nullptr;
   float* po = out.data_ptr<float>();
   at::parallel_for(0, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t in = bi * C * T;
       float* o = po + bi * T * C;
-      for (int64_t ch = 0; ch < C; ++ch) {
-        const float *ra = pa + in + ch * T, *rb = pb + in + ch * T, *rc = pc + in + ch * T;
-        for (int64_t t = 0; t < T; ++t) {
-          float x = (ra[t] + rb[t]) + rc[t];
+      for (int64_t t = 0; t < T; ++t) {
+        const float* ra = pa + bi * sa[0] + t * sa[2];
+        const float* rb = pb + bi * sb[0] + t * sb[2];
+        const float* rc = pc + bi * sc[0] + t * sc[2];
+        for (int64_t ch = 0; ch < C; ++ch) {
+          float x = (ra[ch * sa[1]] + rb[ch * sb[1]]) + rc[ch * sc[1]];
           x = x < -1.f ? -1.f : (x > 1.f ? 1.f : x);  // NaN passes through, as torch.clamp
           if (ps) {
             const float u = (x + 1.f) / 2.f;
