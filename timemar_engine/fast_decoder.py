@@ -1,9 +1,9 @@
 """The decoder for inference on CPU: the layers and weights of `vqvae.Decoder`, computed with every
 Conv1d as a Conv2d of height 1 in channels-last memory format.
 
-oneDNN runs the decoder's small 1-D convolutions (64 channels, 12-24 steps) at 34-87 GFLOP/s as
-Conv1d and at 136-161 GFLOP/s as channels-last Conv2d on the 2-core CPU (a 2048^3 GEMM: 110-141),
-and channels-last (B, H, 1, T) memory is (B, T, H): the cross-attention's layout with no transpose
+oneDNN ran the decoder's small 1-D convolutions (64 channels, 12-24 steps) about 2-3x faster as
+channels-last Conv2d than as Conv1d on the 2-core CPU (a one-off timing; the decode stage as a
+whole is measured in bench/test_bench_extension.py), and channels-last (B, H, 1, T) memory is (B, T, H): the cross-attention's layout with no transpose
 copies, and (B, T, C) windows straight out of the last convolutions. The same function up to
 float rounding (tests/test_fast_decoder.py)."""
 from __future__ import annotations
