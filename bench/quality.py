@@ -5,7 +5,9 @@ in --ckpt-dir), sample as many windows as the dataset has real windows, and scor
 four metrics of PROTOCOL.md section 2 (`timemar_engine.evaluation.evaluate_checkpoint`, the code
 path of `timemar-engine evaluate`). Writes quality_T{T}.json (all numbers) and quality_T{T}.md
 (our mean ± 95% t half-width next to the Diffusion-TS paper's numbers) under --out-dir; both are
-rewritten after every dataset. Datasets whose files are missing are skipped.
+rewritten after every dataset. Datasets whose files are missing are skipped. Training holds out
+--holdout (default 0.1) of each dataset for the memorisation check of `evaluate`; the metrics
+still compare with every real window.
 
     python bench/quality.py --data-dir ../shared/datasets --train-minutes 30
     python bench/quality.py --datasets sines stocks --reuse          # re-score saved checkpoints
@@ -121,6 +123,26 @@ def markdown(report: dict) -> str:
                      f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
                      f"{r['sample_seconds']:.1f} | `{Path(r['ckpt']).name}`"
                      f"{' (reused)' if r['reused'] else ''} |")
+    lines += ["", "Memorisation (`evaluate`'s check, `timemar_engine/metrics/memorization.py`), "
+              "against real windows held out of training: near-copies (within RMS 1e-3 of a "
+              "training window; the flag), and the share of generated windows under the held-out "
+              "windows' 5% quantile of the distance to the closest training window (DCR) and of "
+              "that distance over the distance to other held-out windows (NNDR): ~5% for new "
+              "data, towards 100% for copies.", "",
+              "| dataset | near-copies (held-out real) | DCR under held-out 5% | NNDR under "
+              "held-out 5% | held-out windows | flag |", "|---|---|---|---|---|---|"]
+    for n, r in done.items():
+        m = r.get("memorization") or {}
+        if "dcr" not in m:
+            lines.append(f"| {NAMES[n]} | {m.get('skipped', 'not run')} | | | | |")
+            continue
+        seen = "" if m["holdout_unseen"] else " (seen in training)"
+        lines.append(f"| {NAMES[n]} | {100 * m['near_copies']:.2f}% "
+                     f"({100 * m['probe_near_copies']:.2f}%) | "
+                     f"{100 * m['dcr']['below_probe_q05']:.1f}% | "
+                     f"{100 * m['nndr']['below_probe_q05']:.1f}% | "
+                     f"{m['n_reference'] + m['n_probe']}{seen} | "
+                     f"{'SUSPECT' if m['suspect'] else 'ok'} |")
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{NAMES[n]} ({why})"
                                              for n, why in report["skipped"].items())]
@@ -130,7 +152,7 @@ def markdown(report: dict) -> str:
 def train(name: str, ckpt: Path, args: argparse.Namespace) -> None:
     argv = ["train", "--data", name, "--seq-len", str(args.seq_len), "--preset", args.preset,
             "--max-minutes", str(args.train_minutes), "--seed", str(args.seed),
-            "--device", args.device, "--out", str(ckpt), "--force"]
+            "--holdout", str(args.holdout), "--device", args.device, "--out", str(ckpt), "--force"]
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
     if args.quick:
@@ -154,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, help="folder holding the dataset files (default: "
                     "$TIMEMAR_DATA_DIR or ../shared/datasets)")
     ap.add_argument("--repeats", type=int, default=5, help="repeats per metric (default 5)")
+    ap.add_argument("--holdout", type=float, default=0.1,
+                    help="fraction of each dataset kept out of training (train --holdout) for the "
+                    "memorisation check; the metrics still compare with every real window "
+                    "(default 0.1; 0 trains on everything)")
     ap.add_argument("--seed", type=int, default=0, help="seed for training, sampling and metrics")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--ckpt-dir", type=Path, default=REPO / "bench" / "results" / "ckpts",
@@ -172,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
               "seed": args.seed, "seq_len": args.seq_len,
               "device": str(resolve_device(args.device)), "torch": torch.__version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "quick": args.quick, "train_minutes_budget": args.train_minutes}
+              "quick": args.quick, "train_minutes_budget": args.train_minutes,
+              "holdout": args.holdout}
     json_path = args.out_dir / f"quality_T{args.seq_len}.json"
     md_path = json_path.with_suffix(".md")
     for name in args.datasets:

@@ -46,6 +46,10 @@ def test_quality_quick_on_sines(tmp_path, capsys):
     for name in METRICS:
         m = sines["metrics"][name]
         assert len(m["runs"]) == 2 and math.isfinite(m["mean"]) and math.isfinite(m["ci95"])
+    mem = sines["memorization"]  # trained with the harness's default --holdout 0.1
+    assert mem["holdout_unseen"] and mem["n_reference"] + mem["n_probe"] == 1000
+    assert mem["n_train"] == 9000
+    assert report["holdout"] == 0.1
 
     md = (out / "quality_T24.md").read_text()
     assert "| metric | method | Sines |" in md and "Skipped: Stocks" in md
@@ -54,6 +58,8 @@ def test_quality_quick_on_sines(tmp_path, capsys):
                 "| Predictive | Original (real data) | 0.094±.001 |"):
         assert row in md
     assert sum(line.startswith("| ") and "TimeMAR" in line for line in md.splitlines()) == 4
+    assert "| dataset | near-copies (held-out real) | DCR under held-out 5% |" in md
+    assert f"| Sines | {100 * mem['near_copies']:.2f}% " in md
 
 
 def test_quality_reference_matches_protocol_table():

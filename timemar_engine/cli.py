@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from .cli_checks import (OneLineParser, UsageError, check_ckpt_arg, check_metric_shapes,
-                         check_plot_dependencies, device_name, int_at_least, iterations_item,
-                         output_format, positive_float, positive_int, probability, read_windows,
-                         seed_value)
+                         check_plot_dependencies, device_name, holdout_fraction, int_at_least,
+                         iterations_item, output_format, positive_float, positive_int,
+                         probability, read_windows, seed_value)
 from .cli_export import add_parser as add_export_parser, cmd_export
 
 EPILOG = """examples:
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget for the whole run; step counts and the warm-up "
                    "shrink to fit it")
     t.add_argument("--seed", type=seed_value, help="random seed (default 0)")
+    t.add_argument("--holdout", type=holdout_fraction, metavar="FRACTION",
+                   help="keep this fraction of the data out of training (the end of up to 10 "
+                   "evenly spaced blocks; no window crosses a boundary) so `evaluate` checks "
+                   "memorisation against windows the model never saw (default 0: train on all)")
     t.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda or cuda:N")
     t.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -165,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="METRIC=N",
                    help="override a metric's training iterations (protocol: discriminative=2000, "
                         "predictive=5000, context_fid=600); for quick looks only")
+    e.add_argument("--no-memorization", dest="memorization", action="store_false",
+                   help="skip the memorisation check (with --ckpt: each generated window's "
+                   "distance to its nearest training window against held-out real windows')")
     e.add_argument("--json", help="write the results as JSON here")
     e.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     e.add_argument("--plot", help="write PCA / t-SNE / density plots to this PNG")
@@ -204,7 +211,8 @@ def cmd_train(args) -> int:
           steps1=args.steps1, steps2=args.steps2, batch_size=args.batch_size, lr1=args.lr1,
           lr2=args.lr2, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
           data_dir=args.data_dir, variable=args.variable, nan=args.nan, header=args.header,
-          non_numeric=args.non_numeric, force=args.force, progress=not args.quiet)
+          non_numeric=args.non_numeric, holdout=args.holdout, force=args.force,
+          progress=not args.quiet)
     return 0
 
 
@@ -308,7 +316,7 @@ def cmd_evaluate(args) -> int:
                                       ("non_numeric", args.non_numeric, "error"))}
         result = evaluate_checkpoint(engine, data, args.data_dir, n=args.n,
                                      batch_size=args.batch_size, variable=args.variable,
-                                     **opts, **common)
+                                     memorization=args.memorization, **opts, **common)
     print(format_table(result))
     if args.json:
         write_json(result, args.json, overwrite=args.force)

@@ -51,6 +51,11 @@ def probability(text: str) -> float:
     return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")  # NaN fails too
 
 
+def holdout_fraction(text: str) -> float:
+    """A number in [0, 0.5] (0: hold nothing out)."""
+    return _number(text, float, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]")
+
+
 def seed_value(text: str) -> int:
     """An integer torch can seed with: [-2**63, 2**64)."""
     return _number(text, int, lambda v: -2 ** 63 <= v < 2 ** 64,

@@ -376,11 +376,13 @@ class WindowSet:
     """All stride-1 windows of a series, gathered per batch by index: the series is scaled once
     to [0, 1] in float32 and never cut into a (N, T, C) copy (3-D input is kept as given)."""
 
-    def __init__(self, unit: np.ndarray, seq_len: int):
-        """unit: the [0, 1] series (L, C) or windows (N, T, C), float32 (cast if not)."""
+    def __init__(self, unit: np.ndarray, seq_len: int, starts: np.ndarray | None = None):
+        """unit: the [0, 1] series (L, C) or windows (N, T, C), float32 (cast if not); starts:
+        the start rows (window indices, for 3-D unit) of the windows this set holds (default all)."""
         _check_windows(unit, seq_len)
         self.unit, self.seq_len = np.asarray(unit, dtype=np.float32), seq_len
         self._offsets = np.arange(seq_len)
+        self.starts = None if starts is None else np.asarray(starts, dtype=np.int64)
 
     @classmethod
     def from_series(cls, series: Series, seq_len: int, scaler: MinMaxScaler) -> "WindowSet":
@@ -389,7 +391,13 @@ class WindowSet:
         return cls(scale_to_unit(series.values, scaler), seq_len)
 
     def __len__(self) -> int:
+        if self.starts is not None:
+            return len(self.starts)
         return len(self.unit) if self.unit.ndim == 3 else len(self.unit) - self.seq_len + 1
+
+    def subset(self, starts: np.ndarray) -> "WindowSet":
+        """The windows starting at `starts` (rows of this set's series), sharing its memory."""
+        return WindowSet(self.unit, self.seq_len, starts)
 
     @property
     def channels(self) -> int:
@@ -400,6 +408,8 @@ class WindowSet:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"window index out of range [0, {len(self)})")
+        if self.starts is not None:
+            idx = self.starts[idx]
         if self.unit.ndim == 3:
             return self.unit[idx]
         return self.unit[idx[:, None] + self._offsets]
@@ -408,12 +418,14 @@ class WindowSet:
         """(start, windows[start:start + batch]) in index order, as float32 (b, T, C) copies."""
         view = make_windows(self.unit, self.seq_len)
         for i in range(0, len(self), batch):
-            yield i, np.array(view[i:i + batch], order="C")
+            part = slice(i, i + batch) if self.starts is None else self.starts[i:i + batch]
+            yield i, np.array(view[part], order="C")
 
     def array(self, dtype=np.float32) -> np.ndarray:
         """All windows as one C-contiguous (N, T, C) array of dtype (one copy; for the metrics,
         which take full arrays)."""
-        return np.array(make_windows(self.unit, self.seq_len), dtype=dtype, order="C")
+        view = make_windows(self.unit, self.seq_len)
+        return np.array(view if self.starts is None else view[self.starts], dtype=dtype, order="C")
 
 
 def prepare(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScaler]:

@@ -32,15 +32,40 @@ MAX_REAL_WINDOWS = 100_000  # more than every benchmark dataset holds
 
 
 def _unit_windows(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScaler]:
-    """The series scaled once to float32, then its windows in one float64 copy (the metrics
-    take full float64 arrays): all of them, or MAX_REAL_WINDOWS evenly spaced ones of a longer
-    series, so memory stays bounded however long the table is."""
+    """The series scaled once to float32, then its windows in one float64 copy (`capped_array`)."""
     scaler = MinMaxScaler.for_series(series)
-    windows = WindowSet.from_series(series, seq_len, scaler)
+    return capped_array(WindowSet.from_series(series, seq_len, scaler)), scaler
+
+
+def capped_array(windows: WindowSet) -> np.ndarray:
+    """The windows in one float64 copy (the metrics take full float64 arrays): all of them, or
+    MAX_REAL_WINDOWS evenly spaced ones of a longer series, so memory stays bounded however long
+    the table is."""
     if len(windows) <= MAX_REAL_WINDOWS:
-        return windows.array(np.float64), scaler
+        return windows.array(np.float64)
     idx = np.linspace(0, len(windows) - 1, MAX_REAL_WINDOWS).round().astype(np.int64)
-    return windows.gather(idx).astype(np.float64), scaler
+    return windows.gather(idx).astype(np.float64)
+
+
+def memorization_check(windows: WindowSet, fake: np.ndarray, meta: Mapping, seed: int = 0) -> dict:
+    """`metrics.memorization.memorization_report` of fake [0, 1] windows against the real
+    `windows` split as the checkpoint's `train --holdout` split them (held-out windows unseen in
+    training), or, for a model trained on every window, with `holdout.CHECK_FRACTION` (the held-out
+    windows were then seen: they only show how close distinct real windows are)."""
+    from .holdout import CHECK_FRACTION, reference_and_probe, split_windows
+    from .metrics.memorization import memorization_report
+
+    stored = meta.get("holdout") or {}
+    fraction = stored.get("fraction") or CHECK_FRACTION
+    try:
+        train, held = split_windows(windows, fraction)
+        reference, probe = reference_and_probe(held)
+    except DataError as e:  # too little data for a held-out part: say so, score the rest
+        return {"skipped": str(e)}
+    unseen = bool(stored) and stored.get("train_windows") == len(train)
+    report = memorization_report(capped_array(train), capped_array(reference),
+                                 capped_array(probe), fake, seed=seed, holdout_unseen=unseen)
+    return {**report, "holdout_fraction": fraction}
 
 
 def load_windows(path: str | Path) -> np.ndarray:
@@ -85,20 +110,23 @@ def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None
                         iterations: Mapping[str, int] | None = None,
                         plot: str | Path | None = None, progress: bool = True,
                         nan: str = "error", header: bool = True,
-                        non_numeric: str = "error") -> dict:
+                        non_numeric: str = "error", memorization: bool = True) -> dict:
     """Sample n windows (default: as many as the real set) and score them against `data`.
 
     Real = all windows of `data` in [0, 1] (`real_windows`, read with the nan, header and
     non_numeric policies); fake = the samples in data units mapped to [0, 1] by the same real
     scaler. Sampling and the metrics use `seed`; the metrics run on `device` (default: the
-    engine's). Returns `score_windows`' dict plus dataset, ckpt and sample_seconds."""
+    engine's). Returns `score_windows`' dict plus dataset, ckpt, sample_seconds and, with
+    `memorization`, the memorisation check (`memorization_check`)."""
     series = load_any(data, data_dir, variable, nan, engine.seq_len, header=header,
                       non_numeric=non_numeric)
     if series.channels != len(engine.channels):
         raise DataError(f"{data} has {series.channels} channels, the model "
                         f"{len(engine.channels)}")
-    real, scaler = _unit_windows(series, engine.seq_len)
+    scaler = MinMaxScaler.for_series(series)
+    windows = WindowSet.from_series(series, engine.seq_len, scaler)
     del series  # the raw table is not needed while sampling and scoring
+    real = capped_array(windows)
     t0 = time.perf_counter()
     fake = engine.sample(n or len(real), batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0
@@ -106,6 +134,8 @@ def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None
     result = score_windows(real, fake, metrics=metrics, repeats=repeats, seed=seed,
                            device=engine.device if device is None else device,
                            iterations=iterations, plot=plot, progress=progress)
+    if memorization:
+        result["memorization"] = memorization_check(windows, fake, engine.meta, seed)
     result.update(dataset=data, ckpt=str(engine.path), sample_seconds=seconds)
     return result
 
@@ -117,7 +147,23 @@ def format_table(result: dict) -> str:
         rows.append(f"{name:<16}{m['mean']:>10.3f}{ci:>11}")
     rows.append(f"{result['n_real']} real vs {result['n_fake']} generated windows of "
                 f"{result['seq_len']} x {result['channels']}, {result['repeats']} repeats")
+    if "memorization" in result:
+        rows.append(memorization_line(result["memorization"]))
     return "\n".join(rows)
+
+
+def memorization_line(m: dict) -> str:
+    """One line on the memorisation check (`memorization_check`)."""
+    if "skipped" in m:
+        return f"memorisation: not checked: {m['skipped']}"
+    held = "held out of training" if m["holdout_unseen"] else (
+        "seen in training too (train with --holdout for windows it never saw)")
+    return (f"memorisation: {'SUSPECT: ' if m['suspect'] else ''}near-copies "
+            f"{100 * m['near_copies']:.2f}% of generated windows (real windows "
+            f"{100 * m['probe_near_copies']:.2f}%); under the 5% quantile of real windows {held}: "
+            f"{100 * m['dcr']['below_probe_q05']:.1f}% by distance to the closest training window, "
+            f"{100 * m['nndr']['below_probe_q05']:.1f}% by its ratio to the distance to other "
+            "real windows (~5% each for new data)")
 
 
 def write_json(result: dict, path: str | Path, overwrite: bool = False) -> None:

@@ -17,6 +17,7 @@ from .checkpoint import read_checkpoint
 from .config import ModelConfig, TrainConfig, preset as make_preset
 from .data import MinMaxScaler, Series, WindowSet, load_any
 from .ddp import Ranks
+from .holdout import split_windows
 from .model import TimeMAR
 from .safe_io import check_writable
 from .training import SAVE_EVERY_S, OnStep, Trainer
@@ -85,8 +86,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
           max_minutes: float | None = None, device: str = "auto",
           data_dir: str | os.PathLike | None = None, variable: str | None = None,
           nan: str | None = None, header: bool | None = None, non_numeric: str | None = None,
-          force: bool = False, progress: bool = True, save_every: float = SAVE_EVERY_S,
-          on_step: OnStep | None = None) -> "Engine":
+          holdout: float | None = None, force: bool = False, progress: bool = True,
+          save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None) -> "Engine":
     """Train (stage 1 VQ-VAE, stage 2 transformer) on `data` and return the trained `Engine`.
 
     Launched by torchrun (WORLD_SIZE > 1), every process runs this with the same arguments:
@@ -97,7 +98,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     values, nan 'error') or, with `resume`, "as in the original run". The checkpoint `out` is
     written at stage ends, every `save_every` seconds and on SIGINT/SIGTERM (then resumable).
     on_step(stage, step, logs) may return True to stop after that step with a resumable
-    checkpoint."""
+    checkpoint. holdout: the fraction of the data kept out of training (`holdout.split_windows`)
+    for the memorisation check of `evaluate` (default 0: train on every window)."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
 
@@ -120,7 +122,7 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
 
 def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage, steps1, steps2,
            batch_size, lr1, lr2, seed, max_minutes, device, data_dir, variable, nan, header,
-           non_numeric, force, progress, save_every, on_step) -> "Engine":
+           non_numeric, holdout, force, progress, save_every, on_step) -> "Engine":
     from .engine import Engine
 
     progress = progress and ranks.lead
@@ -134,6 +136,8 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
     same_file = resume is not None and Path(resume).resolve() == out.resolve()
     if ranks.lead:
         check_writable(out, overwrite=force or same_file)
+    if holdout is not None and not 0 <= holdout <= 0.5:
+        raise TrainError(f"holdout must be a fraction in [0, 0.5], got {holdout!r}")
     dev = resolve_device(device)
     overrides = dict(overrides or {})
     given = {"stage1_steps": steps1, "stage2_steps": steps2, "batch_size": batch_size,
@@ -150,6 +154,9 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
         for key, value in opts_given.items():
             if value is not None and value != opts[key]:
                 raise TrainError(f"{resume} was trained with {key}={opts[key]!r}, not {value!r}")
+        stored = meta.get("holdout", {}).get("fraction", 0.0)
+        if holdout is not None and holdout != stored:
+            raise TrainError(f"{resume} was trained with holdout={stored!r}, not {holdout!r}")
         if state is None or int(state["stage"]) > max(stages):
             if ranks.lead:
                 print(f"{resume}: the requested stage(s) are already complete; nothing to do")
@@ -185,6 +192,11 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
         raise TrainError(f"batch_size {tcfg.batch_size} (the global batch) must be a multiple of "
                          f"the {ranks.world} processes")
     windows = WindowSet.from_series(series, T, scaler)
+    fraction = meta.get("holdout", {}).get("fraction", 0.0) if resume is not None else holdout
+    if fraction:
+        windows, held = split_windows(windows, fraction)
+        meta["holdout"] = {"fraction": fraction, "train_windows": len(windows),
+                           "holdout_windows": len(held)}
     name, columns = series.name, series.columns
     del series  # the scaled copy is all training reads; a memory-mapped input is unmapped
     if resume is not None and meta.get("n_windows") not in (None, len(windows)):
