@@ -59,12 +59,16 @@ def gemm_gflops(m: int, k: int, n: int, reps: int = 5) -> float:
     return 2 * m * k * n / sorted(times)[reps // 2] / 1e9
 
 
-@pytest.mark.parametrize("backend", ["eager", "engine"])
+@pytest.mark.parametrize("backend", ["eager", "engine", "engine-fp32"])
 def test_sampling(benchmark, model, backend):
-    batch = 16 if QUICK else default_batch_size(DEVICE, backend)
+    """engine: what `Engine` runs (precision auto: int8 linear layers on CPU with the extension,
+    bf16 on CUDA); engine-fp32: the same loop in fp32."""
+    engine = backend.startswith("engine")
+    batch = 16 if QUICK else default_batch_size(DEVICE, "engine" if engine else backend)
     gen = torch.Generator(DEVICE).manual_seed(0)
-    if backend == "engine":  # what Engine runs: one batch per stream (one thread each on CPU)
-        sampler = StreamSampler(model, DEVICE, cpu_streams())
+    if engine:  # what Engine runs: one batch per stream (one thread each on CPU)
+        sampler = StreamSampler(model, DEVICE, cpu_streams(),
+                                "fp32" if backend == "engine-fp32" else "auto")
         # as many windows per round as the eager case: the streams' start and end are included
         sizes = [batch] * max(2 * sampler.streams, default_batch_size(DEVICE, "eager") // batch)
         step = lambda: list(sampler.iter_generate(sizes, gen))  # noqa: E731
@@ -90,8 +94,10 @@ def test_sampling(benchmark, model, backend):
                 mflop_per_window=model.flops_per_window / 1e6,
                 gemm_model_width_gflops=gemm_gflops(batch * max(model.cfg.scales), d, 4 * d),
                 gemm_2048_gflops=gemm_gflops(*(512 if QUICK else 2048,) * 3))
+    if engine:
+        info["precision"] = sampler.precision
     eager = MEDIANS.get((model.preset_name, "eager"))
-    if backend == "engine" and eager:
+    if engine and eager:
         info["speedup_vs_eager"] = info["windows_per_s"] / eager
 
 

@@ -15,6 +15,13 @@ TORCH_LIBRARY(timemar, m) {
   // span <= 0), computed as numpy does for MinMaxScaler.from_unit (float64, then cast).
   m.def("decode_epilogue(Tensor trend, Tensor coarse, Tensor fine, Tensor? span, Tensor? lo) "
         "-> Tensor");
+  // int8 linear layers (CPU; cpu/int8_rows.cpp): rows of x (M, K) float32, layer-normed first when
+  // weight / bias are given, to q (M, K) int8 = rint(y * 127 / max|y|) with scale (M,) = max|y| / 127.
+  m.def("quantize_rows(Tensor x, Tensor? weight, Tensor? bias, float eps, Tensor(a!) q, "
+        "Tensor(b!) scale) -> ()");
+  // out (M, N) float32 = acc (M, N) int32 * x_scale (M,) * w_scale (N,) + bias (N,), or += it.
+  m.def("dequant_rows(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor bias, Tensor(a!) out, "
+        "bool accumulate) -> ()");
 }
 
 #ifdef WITH_CUDA

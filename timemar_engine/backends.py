@@ -186,6 +186,33 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, **kw):
     return lookup.nearest_code_cpu(x, codebook, **kw)
 
 
+PRECISIONS = ("auto", "fp32", "int8")
+# int8 linear layers pay off from this transformer width on (bench/test_bench_sampling.py, CPU:
+# d_model 256 (`s`) 1.75x the fp32 engine, d_model 96 (`xs`) 0.94x: quantizing rows costs more
+# than the int8 product saves on narrow layers)
+INT8_MIN_WIDTH = 256
+
+
+def resolve_precision(precision: str, device: torch.device, width: int = INT8_MIN_WIDTH) -> str:
+    """The engine transformer's arithmetic: "auto" is bf16 on CUDA, and int8 linear layers
+    (`int8_linear.py`) on CPU with the C++ extension for models at least INT8_MIN_WIDTH wide
+    (`width`, the d_model), else fp32; "fp32" everywhere; "int8" on CPU with the extension.
+    Anything else is one error naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    from . import extension
+    cpu_int8 = device.type == "cpu" and extension_ops(device) is not None
+    if precision == "int8" and not cpu_int8:
+        why = ("it runs on CPU only" if device.type != "cpu" else
+               f"it needs the C++ extension ({extension.unavailable_reason()})")
+        raise ValueError(f"precision 'int8' is not available here: {why}; use fp32 or auto")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16"
+        return "int8" if cpu_int8 and width >= INT8_MIN_WIDTH else "fp32"
+    return precision
+
+
 def extension_ops(device: torch.device):
     """The C++/CUDA ops (`extension.py`: interp_accumulate, decode_epilogue) for device, or None
     for the PyTorch path, said once per process on stderr with the reason."""

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the engine decodes latents: auto (= pytorch, with the C++ epilogue "
                    "when built; onnxruntime was not faster on CPU), onnxruntime or tensorrt "
                    "(the exported decoder, see `export`)")
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
+                   help="the engine transformer's arithmetic: auto (default: bf16 on CUDA; on "
+                   "CPU int8 linear layers for models with d_model >= 256, else fp32), fp32, or "
+                   "int8 (CPU with the C++ extension); int8 and bf16 change individual samples, "
+                   "not their distribution (tested)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -238,7 +243,7 @@ def cmd_sample(args) -> int:
         check_output(out, fmt, [], args.force)
     device = distributed_device(args.device, distributed.local_rank()) if sharded else args.device
     engine = Engine.load(args.ckpt, device=device, backend=args.backend,
-                         decoder=args.decoder)
+                         decoder=args.decoder, precision=args.precision)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,
@@ -340,7 +345,8 @@ def cmd_info(args) -> int:
           f"({', '.join(info['channels'][:8])}{', ...' if len(info['channels']) > 8 else ''})")
     print(f"scales      {info['scales']} ({sum(info['scales'])} tokens), codebook "
           f"{info['config']['codebook_size']} x {info['config']['code_dim']}")
-    print(f"backend     {info['backend']} on {info['device']} (available here: "
+    print(f"backend     {info['backend']} on {info['device']}, {info['precision']} transformer "
+          "(available here: "
           f"{', '.join(info['backends_available'])}; triton "
           f"{'installed' if info['triton'] else 'not installed'})")
     ext = info["extension"]

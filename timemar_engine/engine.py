@@ -72,28 +72,37 @@ class Engine:
     """A loaded TimeMAR model ready to sample. Build it with `Engine.load`."""
 
     def __init__(self, model, scaler, channels, meta, device: torch.device, backend: str,
-                 path: Path, decoder: str = "pytorch"):
+                 path: Path, decoder: str = "pytorch", precision: str = "auto"):
         self.model, self.scaler, self.channels, self.meta = model, scaler, channels, meta
         self.device, self.backend, self.path, self.decoder = device, backend, path, decoder
         self.cfg = model.cfg
-        self._sampler = (StreamSampler(model, device, backends.cpu_streams())
+        self._sampler = (StreamSampler(model, device, backends.cpu_streams(), precision)
                          if backend == "engine" else None)
+        # the transformer's arithmetic: the eager backend computes as the model is stored
+        self.precision = self._sampler.precision if self._sampler else "fp32"
         if decoder != "pytorch":
             self._sampler.set_decoder(self._exported_decoder(decoder))
         self._affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
-             backend: str = "auto", decoder: str = "auto") -> "Engine":
+             backend: str = "auto", decoder: str = "auto", precision: str = "auto") -> "Engine":
         """Load a checkpoint (None: the packaged default model) onto device ('auto', 'cpu', 'cuda')
-        with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager') and
-        a decoder ('auto' = 'pytorch', 'onnxruntime' or 'tensorrt': `backends.resolve_decoder`)."""
+        with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager'), a
+        decoder ('auto' = 'pytorch', 'onnxruntime' or 'tensorrt': `backends.resolve_decoder`)
+        and the engine transformer's precision ('auto', 'fp32' or 'int8':
+        `backends.resolve_precision`; the eager backend takes only 'auto' or 'fp32')."""
         dev = resolve_device(device)
         backend = backends.resolve_backend(backend, dev)
+        if precision not in backends.PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from "
+                             f"{', '.join(backends.PRECISIONS)}")
+        if backend == "eager" and precision == "int8":
+            raise ValueError("precision 'int8' needs the engine backend (backend='engine')")
         decoder = backends.resolve_decoder(decoder, backend)
         path = Path(path) if path is not None else default_checkpoint()
         model, scaler, channels, meta, _ = load_checkpoint(path, dev)
-        return cls(model, scaler, channels, meta, dev, backend, path, decoder)
+        return cls(model, scaler, channels, meta, dev, backend, path, decoder, precision)
 
     def _exported_decoder(self, decoder: str):
         """The model's decoder exported to ONNX (model scale) and run by onnxruntime, or built
@@ -124,6 +133,7 @@ class Engine:
             "device": str(self.device),
             "backend": self.backend,
             "decoder": self.decoder,
+            "precision": self.precision,
             "backends_available": backends.available_backends(self.device),
             "triton": backends.triton_available(),
             "extension": extension.status(),

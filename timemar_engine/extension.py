@@ -1,11 +1,13 @@
-"""The C++/CUDA extension (`timemar_engine._C`, sources in csrc/): loading, and its two ops beside
+"""The C++/CUDA extension (`timemar_engine._C`, sources in csrc/): loading, and its ops beside
 the eager references they replace.
 
 - `interp_accumulate(f_hat, codebook, idx, weight, bias, alpha, next_size)`: for scale k,
   f_hat += phi_k(linear_up(codebook[idx], T')) in place, and return area_down(f_hat, next_size),
   the next scale's transformer input ((B, Cz, 0) when next_size is 0);
 - `decode_epilogue(trend, coarse, fine, span, lo)`: the decoder's component sum, clamp to [-1, 1]
-  and, with span / lo, the inverse min-max scaling, as (B, T, C) float32.
+  and, with span / lo, the inverse min-max scaling, as (B, T, C) float32;
+- `quantize_rows` / `dequant_rows` (CPU only): the two ends of an int8 linear layer
+  (`int8_linear.py`, with its float64 reference).
 
 `load()` returns the module or None; `unavailable_reason()` says why in one line (not built, failed
 to load, or turned off with TIMEMAR_EXTENSION=0). Ops are called through torch.ops.timemar.* so
@@ -84,6 +86,14 @@ def _register_fakes() -> None:
     def _(f_hat, codebook, idx, weight, bias, alpha, next_size):
         return f_hat.new_empty(f_hat.shape[0], f_hat.shape[1], next_size)
 
+    @torch.library.register_fake("timemar::quantize_rows")
+    def _(x, weight, bias, eps, q, scale):
+        return None
+
+    @torch.library.register_fake("timemar::dequant_rows")
+    def _(acc, x_scale, w_scale, bias, out, accumulate):
+        return None
+
     @torch.library.register_fake("timemar::decode_epilogue")
     def _(trend, coarse, fine, span, lo):
         return trend.new_empty(trend.shape[0], trend.shape[2], trend.shape[1])
@@ -127,3 +137,16 @@ def decode_epilogue_reference(trend: torch.Tensor, coarse: torch.Tensor, fine: t
     u = (x + 1) / 2
     data = u.double() * span.double() + lo.double()
     return torch.where(span.double() > 0, data, lo.double().expand_as(data)).float()
+
+
+# --- int8 linear layers (CPU) -----------------------------------------------------------------
+def quantize_rows(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                  eps: float, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """Rows of x (layer-normed first with weight / bias) to int8 q and row scales (`int8_linear`)."""
+    ops().quantize_rows(x, weight, bias, eps, q, scale)
+
+
+def dequant_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+    """out (+)= acc * x_scale[:, None] * w_scale + bias (`int8_linear`)."""
+    ops().dequant_rows(acc, x_scale, w_scale, bias, out, accumulate)

@@ -12,8 +12,12 @@ Same model and distribution as `sampling.generate`, computed differently:
   phi conv, f_hat accumulation and the next scale's area-down input are one op, and the decoder's
   component sum, clamp and scaling to the requested units another (the same numbers: the scaling
   bit for bit, the rest within float rounding);
+- on CPU with the extension, the transformer's linear layers of wide models run in int8
+  (`int8_linear.py`: per-row activations, per-channel weights, exact int32 products; logits fp32);
 - on CUDA the transformer runs in bf16 (logits in fp32) with the Triton cached-attention kernel,
   and the whole batch (all scales and the decoder) is captured in one CUDA graph per batch size.
+`precision` chooses (`backends.resolve_precision`): "auto" (bf16 on CUDA; int8 on CPU with the
+extension for wide enough models), "fp32" everywhere, "int8".
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from . import backends
 from .decompose import area_resize
 from .fast_decoder import decode_sum
+from .int8_linear import Int8Scratch, Int8Weight, int8_linear
 from .model import TimeMAR
 from .sampling import check_filters, filter_logits, is_integer
 
@@ -60,7 +65,8 @@ class _Buffers:
     """Activations and the KV cache of one batch size, allocated once (row r * s + t holds
     position t of window r)."""
 
-    def __init__(self, model: TimeMAR, batch: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model: TimeMAR, batch: int, dtype: torch.dtype, device: torch.device,
+                 int8: bool = False):
         cfg = model.cfg
         d, L, s_max = cfg.d_model, cfg.n_tokens, max(cfg.scales)
         kw = dict(device=device, dtype=dtype)
@@ -73,22 +79,25 @@ class _Buffers:
         self.v = torch.empty_like(self.k)
         self.tmp = torch.empty(batch * s_max, 4 * d, **kw)  # GELU scratch
         self.f_hat = torch.empty(batch, cfg.code_dim, cfg.scales[-1], device=device)
+        self.int8 = Int8Scratch(batch * s_max, 4 * d, device) if int8 else None
 
 
 class FastSampler:
     """Sample windows (B, T, C) in model scale [-1, 1]; buffers are kept per batch size."""
 
-    def __init__(self, model: TimeMAR, device: torch.device):
+    def __init__(self, model: TimeMAR, device: torch.device, precision: str = "auto"):
         self.model, self.device = model, device
         self.cfg = cfg = model.cfg
-        self.gpt_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.precision = backends.resolve_precision(precision, device, cfg.d_model)
+        self.int8 = self.precision == "int8"
+        self.gpt_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.ops = backends.extension_ops(device)  # None: the PyTorch path
         gpt = model.gpt
         self.w = [self._block_weights(b) for b in gpt.blocks]
         self.offsets = gpt.offsets
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.attention = backends.cached_attention_for(device)
         self.gelu = gelu_tanh_ if device.type == "cpu" else _gelu_tanh_aten
-        self.ops = backends.extension_ops(device)  # None: the PyTorch path
         self.decode_fn = None  # an exported decoder (f_hat -> model-scale windows), or None
         self.decoder = backends.engine_decoder(model.vqvae.decoder, device)
         # per-position additive embedding (pos + level), in the transformer dtype
@@ -98,12 +107,20 @@ class FastSampler:
         self.start = gpt.start_token[0].detach().to(self.gpt_dtype)
         self.ln_f, self.head = gpt.ln_f, gpt.head  # logits in fp32
         self._buffers: dict[int, _Buffers] = {}
-        self._row = _Buffers(model, 1, self.gpt_dtype, device)  # scratch for the shared scale 1
+        self._row = self._new_buffers(1)  # scratch for the shared scale 1
         self._graphs: dict[tuple, tuple] = {}  # (batch, filters) -> (graph, uniforms, outputs)
+
+    def _new_buffers(self, batch: int) -> _Buffers:
+        return _Buffers(self.model, batch, self.gpt_dtype, self.device, self.int8)
 
     def _block_weights(self, blk) -> dict:
         a, m = blk.attn, blk.mlp
         t = lambda p: p.detach().to(self.gpt_dtype)  # noqa: E731
+        if self.int8:
+            return dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
+                        ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps),
+                        qkv=Int8Weight(a.qkv), proj=Int8Weight(a.proj), fc1=Int8Weight(m[0]),
+                        fc2=Int8Weight(m[2]))
         return dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
                     ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps),
                     qkv_wt=t(a.qkv.weight).t(), qkv_b=t(a.qkv.bias), proj_wt=t(a.proj.weight).t(),
@@ -113,7 +130,7 @@ class FastSampler:
     def buffers(self, batch: int) -> _Buffers:
         buf = self._buffers.get(batch)
         if buf is None:
-            buf = self._buffers[batch] = _Buffers(self.model, batch, self.gpt_dtype, self.device)
+            buf = self._buffers[batch] = self._new_buffers(batch)
         return buf
 
     # --- transformer --------------------------------------------------------------------------
@@ -122,6 +139,8 @@ class FastSampler:
         b, d, H, Dh = buf.batch, self.cfg.d_model, self.n_head, self.head_dim
         s = end - start
         qkv, attn, mlp = buf.qkv[:b * s], buf.attn[:b * s], buf.mlp[:b * s]
+        if self.int8:
+            return self._layers_int8(x, buf, start, end)
         for i, w in enumerate(self.w):
             with backends.nvtx_range("layer"):
                 torch.addmm(w["qkv_b"], F.layer_norm(x, (d,), *w["ln1"]), w["qkv_wt"], out=qkv)
@@ -135,6 +154,23 @@ class FastSampler:
                 torch.addmm(w["fc1_b"], F.layer_norm(x, (d,), *w["ln2"]), w["fc1_wt"], out=mlp)
                 self.gelu(mlp, buf.tmp[:b * s])
                 x.addmm_(mlp, w["fc2_wt"]).add_(w["fc2_b"])
+        return x
+
+    def _layers_int8(self, x: torch.Tensor, buf: _Buffers, start: int, end: int) -> torch.Tensor:
+        """`_layers` with the four linear layers of each block in int8 (`int8_linear`)."""
+        b, H, Dh, ops, sc = buf.batch, self.n_head, self.head_dim, self.ops, buf.int8
+        s = end - start
+        qkv, attn, mlp = buf.qkv[:b * s], buf.attn[:b * s], buf.mlp[:b * s]
+        for i, w in enumerate(self.w):
+            int8_linear(ops, x, w["qkv"], qkv, sc, norm=w["ln1"])
+            q, k, v = qkv.view(b, s, 3, H, Dh).transpose(1, 3).unbind(2)  # (b, H, s, Dh)
+            buf.k[i, :, :, start:end] = k
+            buf.v[i, :, :, start:end] = v
+            self.attention(q, buf.k[i], buf.v[i], end, out=attn.view(b, s, H, Dh).transpose(1, 2))
+            int8_linear(ops, attn, w["proj"], x, sc, accumulate=True)
+            int8_linear(ops, x, w["fc1"], mlp, sc, norm=w["ln2"])
+            self.gelu(mlp, buf.tmp[:b * s])
+            int8_linear(ops, mlp, w["fc2"], x, sc, accumulate=True)
         return x
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,9 +308,11 @@ class StreamSampler:
     calling thread, so the output is the same for any number of streams. The torch thread count
     is restored afterwards."""
 
-    def __init__(self, model: TimeMAR, device: torch.device, streams: int):
+    def __init__(self, model: TimeMAR, device: torch.device, streams: int,
+                 precision: str = "auto"):
         self.streams = streams if device.type == "cpu" else 1
-        self.samplers = [FastSampler(model, device) for _ in range(self.streams)]
+        self.samplers = [FastSampler(model, device, precision) for _ in range(self.streams)]
+        self.precision = self.samplers[0].precision
 
     @property
     def fuses_scaling(self) -> bool:
