@@ -159,13 +159,17 @@ def test_decode(benchmark, case, decode_variants, variant):
 
 @pytest.mark.parametrize("variant", ["without_extension", "with_extension"])
 def test_engine_sampling_extension(benchmark, case, variant):
-    """The engine's loop as Engine runs it (one 256-window batch per stream on CPU)."""
+    """The engine's loop as Engine runs it (one 256-window batch per stream on CPU), with the
+    extension (precision auto: on CPU that includes the int8 linear layers for `s`) and without
+    it (its ops off, fp32: what a build without the extension runs)."""
     model, _, name = case
     if variant == "with_extension" and not extension.available(DEVICE):
         pytest.skip(f"extension unavailable: {extension.unavailable_reason()}")
     benchmark.group = "engine_sampling"
-    sampler = StreamSampler(model, DEVICE, cpu_streams())
-    if variant == "without_extension":
+    with_ext = variant == "with_extension"
+    sampler = StreamSampler(model, DEVICE, cpu_streams(), "auto" if with_ext else "fp32")
+    benchmark.extra_info["precision"] = sampler.precision
+    if not with_ext:
         for s in sampler.samplers:
             s.ops = None
     batch = 16 if QUICK else (4096 if DEVICE.type == "cuda" else 256)

@@ -57,3 +57,14 @@ def test_is_a_copy_of_the_weights_at_conversion():
         assert torch.equal(fast(f_hat)[2], out)
     assert not any(isinstance(m, torch.nn.Conv1d) for m in fast.modules())
     assert not any(p.requires_grad for p in fast.parameters())
+    # the in-place activations are the copy's own: the model's decoder still computes out of place
+    silu = [m for m in fast.modules() if isinstance(m, torch.nn.SiLU)]
+    assert silu and all(m.inplace for m in silu)
+    assert not any(m.inplace for m in model.vqvae.decoder.modules()
+                   if isinstance(m, torch.nn.SiLU))
+    x = torch.randn(2, 16, 24)
+    blk = model.vqvae.decoder.fine_out[0]
+    with torch.no_grad():
+        x0 = x.clone()
+        blk(x)
+    assert torch.equal(x, x0)
