@@ -94,11 +94,9 @@ class Engine:
         `backends.resolve_precision`; the eager backend takes only 'auto' or 'fp32')."""
         dev = resolve_device(device)
         backend = backends.resolve_backend(backend, dev)
-        if precision not in backends.PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose from "
-                             f"{', '.join(backends.PRECISIONS)}")
-        if backend == "eager" and precision == "int8":
-            raise ValueError("precision 'int8' needs the engine backend (backend='engine')")
+        if backend == "eager" and precision not in ("auto", "fp32"):  # the engine checks its own
+            raise ValueError(f"precision {precision!r}: the eager backend computes in the model's "
+                             "fp32 (auto or fp32); int8 needs backend='engine'")
         decoder = backends.resolve_decoder(decoder, backend)
         path = Path(path) if path is not None else default_checkpoint()
         model, scaler, channels, meta, _ = load_checkpoint(path, dev)

@@ -37,14 +37,14 @@ def _unit_windows(series: Series, seq_len: int) -> tuple[np.ndarray, MinMaxScale
     return capped_array(WindowSet.from_series(series, seq_len, scaler)), scaler
 
 
-def capped_array(windows: WindowSet) -> np.ndarray:
-    """The windows in one float64 copy (the metrics take full float64 arrays): all of them, or
+def capped_array(windows: WindowSet, dtype=np.float64) -> np.ndarray:
+    """The windows in one copy of dtype (the metrics take full float64 arrays): all of them, or
     MAX_REAL_WINDOWS evenly spaced ones of a longer series, so memory stays bounded however long
     the table is."""
     if len(windows) <= MAX_REAL_WINDOWS:
-        return windows.array(np.float64)
+        return windows.array(dtype)
     idx = np.linspace(0, len(windows) - 1, MAX_REAL_WINDOWS).round().astype(np.int64)
-    return windows.gather(idx).astype(np.float64)
+    return windows.gather(idx).astype(dtype, copy=False)
 
 
 def memorization_check(windows: WindowSet, fake: np.ndarray, meta: Mapping, seed: int = 0) -> dict:
@@ -63,8 +63,8 @@ def memorization_check(windows: WindowSet, fake: np.ndarray, meta: Mapping, seed
     except DataError as e:  # too little data for a held-out part: say so, score the rest
         return {"skipped": str(e)}
     unseen = bool(stored) and stored.get("train_windows") == len(train)
-    report = memorization_report(capped_array(train), capped_array(reference),
-                                 capped_array(probe), fake, seed=seed, holdout_unseen=unseen)
+    sets = (capped_array(w, np.float32) for w in (train, reference, probe))  # the lookup's dtype
+    report = memorization_report(*sets, fake, seed=seed, holdout_unseen=unseen)
     return {**report, "holdout_fraction": fraction}
 
 

@@ -116,16 +116,14 @@ class FastSampler:
     def _block_weights(self, blk) -> dict:
         a, m = blk.attn, blk.mlp
         t = lambda p: p.detach().to(self.gpt_dtype)  # noqa: E731
+        norms = dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
+                     ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps))
         if self.int8:
-            return dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
-                        ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps),
-                        qkv=Int8Weight(a.qkv), proj=Int8Weight(a.proj), fc1=Int8Weight(m[0]),
-                        fc2=Int8Weight(m[2]))
-        return dict(ln1=(t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps),
-                    ln2=(t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps),
-                    qkv_wt=t(a.qkv.weight).t(), qkv_b=t(a.qkv.bias), proj_wt=t(a.proj.weight).t(),
-                    proj_b=t(a.proj.bias), fc1_wt=t(m[0].weight).t(), fc1_b=t(m[0].bias),
-                    fc2_wt=t(m[2].weight).t(), fc2_b=t(m[2].bias))
+            return dict(norms, qkv=Int8Weight(a.qkv), proj=Int8Weight(a.proj),
+                        fc1=Int8Weight(m[0]), fc2=Int8Weight(m[2]))
+        return dict(norms, qkv_wt=t(a.qkv.weight).t(), qkv_b=t(a.qkv.bias),
+                    proj_wt=t(a.proj.weight).t(), proj_b=t(a.proj.bias), fc1_wt=t(m[0].weight).t(),
+                    fc1_b=t(m[0].bias), fc2_wt=t(m[2].weight).t(), fc2_b=t(m[2].bias))
 
     def buffers(self, batch: int) -> _Buffers:
         buf = self._buffers.get(batch)
@@ -136,11 +134,11 @@ class FastSampler:
     # --- transformer --------------------------------------------------------------------------
     def _layers(self, x: torch.Tensor, buf: _Buffers, start: int, end: int) -> torch.Tensor:
         """Run the blocks over x (b * s, d) of positions [start, end), caching keys and values."""
+        if self.int8:
+            return self._layers_int8(x, buf, start, end)
         b, d, H, Dh = buf.batch, self.cfg.d_model, self.n_head, self.head_dim
         s = end - start
         qkv, attn, mlp = buf.qkv[:b * s], buf.attn[:b * s], buf.mlp[:b * s]
-        if self.int8:
-            return self._layers_int8(x, buf, start, end)
         for i, w in enumerate(self.w):
             with backends.nvtx_range("layer"):
                 torch.addmm(w["qkv_b"], F.layer_norm(x, (d,), *w["ln1"]), w["qkv_wt"], out=qkv)

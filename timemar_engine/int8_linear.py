@@ -6,8 +6,8 @@ fc1). The product is `torch._int_mm` (int8 x int8 -> exact int32), and the exten
 `dequant_rows` scales it back, adds the bias and writes it or adds it to the residual stream, in
 one pass. The attention, the GELU, the logits head and the sampling stay in float32.
 
-About 5x the fp32 GEMM rate on one core of the VNNI-capable test CPU (bench/test_bench_sampling.py
-measures the end-to-end effect). The result differs from fp32 by the quantization error (about
+In a one-off timing on one core of the (VNNI-capable) development VM, `torch._int_mm` ran 3-5x the
+fp32 GEMM rate at the engine's shapes; bench/test_bench_sampling.py measures the end-to-end effect. The result differs from fp32 by the quantization error (about
 1% of a row's largest value per activation), so tokens are not those of the fp32 path: the
 distribution is what is checked (tests/test_fast_sampling.py, discriminative score).
 """
