@@ -82,8 +82,9 @@ void interp_accumulate_kernel(T* f_hat, const T* table, const T* bias, const int
     inv_count[i] = T(1) / static_cast<T>(end[i] - start[i]);
   }
   at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<T> acc_(D);
+    std::vector<T> acc_(D), win_(L * D);
     T* __restrict acc = acc_.data();
+    T* __restrict win = win_.data();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t* ib = idx + b * s;
       T* fb = f_hat + b * D * L;
@@ -99,14 +100,16 @@ void interp_accumulate_kernel(T* f_hat, const T* table, const T* bias, const int
         for (int64_t d = 0; d < D; ++d) fb[d * L + t] += acc[d];
       }
       if (n == 0) continue;
+      // area down over the window as (L, D): sums over contiguous D-vectors (in the (D, L) layout
+      // each output would be one serial chain of dependent scalar adds)
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t t = 0; t < L; ++t) win[t * D + d] = fb[d * L + t];
       T* db = down + b * D * n;
-      for (int64_t d = 0; d < D; ++d) {
-        const T* row = fb + d * L;
-        for (int64_t i = 0; i < n; ++i) {
-          T sum = 0;
-          for (int64_t t = start[i]; t < end[i]; ++t) sum += row[t];
-          db[d * n + i] = sum * inv_count[i];
-        }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t d = 0; d < D; ++d) acc[d] = 0;
+        for (int64_t t = start[i]; t < end[i]; ++t)
+          for (int64_t d = 0; d < D; ++d) acc[d] += win[t * D + d];
+        for (int64_t d = 0; d < D; ++d) db[d * n + i] = acc[d] * inv_count[i];
       }
     }
   });
