@@ -110,14 +110,19 @@ def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None
                         iterations: Mapping[str, int] | None = None,
                         plot: str | Path | None = None, progress: bool = True,
                         nan: str = "error", header: bool = True,
-                        non_numeric: str = "error", memorization: bool = True) -> dict:
+                        non_numeric: str = "error", memorization: bool = True,
+                        reconstruct: bool = False, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None) -> dict:
     """Sample n windows (default: as many as the real set) and score them against `data`.
 
     Real = all windows of `data` in [0, 1] (`real_windows`, read with the nan, header and
-    non_numeric policies); fake = the samples in data units mapped to [0, 1] by the same real
-    scaler. Sampling and the metrics use `seed`; the metrics run on `device` (default: the
-    engine's). Returns `score_windows`' dict plus dataset, ckpt, sample_seconds and, with
-    `memorization`, the memorisation check (`memorization_check`)."""
+    non_numeric policies); fake = the samples (drawn with temperature, top_k, top_p) in data
+    units mapped to [0, 1] by the same real scaler, or with `reconstruct` the real windows encoded
+    to tokens and decoded (the VQ-VAE's ceiling; n, the filters and the memorisation check do not
+    apply). Sampling and the metrics use `seed`; the metrics run on `device` (default: the
+    engine's). Returns `score_windows`' dict plus dataset, ckpt, what was scored ("samples" or
+    "reconstructions"), sample_seconds and, with `memorization`, the memorisation check
+    (`memorization_check`)."""
     series = load_any(data, data_dir, variable, nan, engine.seq_len, header=header,
                       non_numeric=non_numeric)
     if series.channels != len(engine.channels):
@@ -128,15 +133,22 @@ def evaluate_checkpoint(engine: "Engine", data: str, data_dir: str | Path | None
     del series  # the raw table is not needed while sampling and scoring
     real = capped_array(windows)
     t0 = time.perf_counter()
-    fake = engine.sample(n or len(real), batch_size=batch_size, seed=seed, progress=progress)
+    if reconstruct:
+        fake = engine.decode(engine.encode(real, scale="unit"), scale="unit").astype(np.float64)
+    else:
+        fake = engine.sample(n or len(real), batch_size=batch_size, seed=seed,
+                             temperature=temperature, top_k=top_k, top_p=top_p, progress=progress)
+        fake = scaler.to_unit(fake.astype(np.float64))
     seconds = time.perf_counter() - t0
-    fake = scaler.to_unit(fake.astype(np.float64))
     result = score_windows(real, fake, metrics=metrics, repeats=repeats, seed=seed,
                            device=engine.device if device is None else device,
                            iterations=iterations, plot=plot, progress=progress)
-    if memorization:
+    if memorization and not reconstruct:
         result["memorization"] = memorization_check(windows, fake, engine.meta, seed)
-    result.update(dataset=data, ckpt=str(engine.path), sample_seconds=seconds)
+    result.update(dataset=data, ckpt=str(engine.path), sample_seconds=seconds,
+                  scored="reconstructions" if reconstruct else "samples")
+    if not reconstruct:
+        result["sampling"] = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     return result
 
 
@@ -145,7 +157,9 @@ def format_table(result: dict) -> str:
     for name, m in result["metrics"].items():
         ci = "" if m["ci95"] is None else f"{m['ci95']:.3f}"
         rows.append(f"{name:<16}{m['mean']:>10.3f}{ci:>11}")
-    rows.append(f"{result['n_real']} real vs {result['n_fake']} generated windows of "
+    what = ("reconstructed (encoded and decoded) real" if result.get("scored") == "reconstructions"
+            else "generated")
+    rows.append(f"{result['n_real']} real vs {result['n_fake']} {what} windows of "
                 f"{result['seq_len']} x {result['channels']}, {result['repeats']} repeats")
     if "memorization" in result:
         rows.append(memorization_line(result["memorization"]))
