@@ -7,15 +7,21 @@ path of `timemar-engine evaluate`). Writes quality_T{T}.json (all numbers) and q
 (our mean ± 95% t half-width next to the Diffusion-TS paper's numbers) under --out-dir; both are
 rewritten after every dataset. Datasets whose files are missing are skipped. Training holds out
 --holdout (default 0.1) of each dataset for the memorisation check of `evaluate`; the metrics
-still compare with every real window.
+still compare with every real window. Each dataset also scores its reconstructions of the real
+windows (the tokenizer's ceiling, `evaluate --reconstruct`).
+
+A report made with the same settings is continued: datasets it already holds are kept (with the
+commit and date that produced them) and only the others run, so the full table, hours of CPU,
+accumulates over several runs of the same command; --redo runs them again.
 
     python bench/quality.py --data-dir ../shared/datasets --train-minutes 30
-    python bench/quality.py --datasets sines stocks --reuse          # re-score saved checkpoints
+    python bench/quality.py --datasets sines stocks --reuse --redo  # re-score saved checkpoints
     python bench/quality.py --datasets sines --quick --out-dir /tmp/q  # smoke test, ~30 s on CPU
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -64,6 +70,28 @@ QUICK_TRAIN = ["--steps1", "30", "--steps2", "30", "--batch-size", "16",
 QUICK_ITERATIONS = {"discriminative": 20, "predictive": 20, "context_fid": 5}
 
 
+CEILING_METRICS = ("discriminative", "context_fid")
+CEILING = "TimeMAR reconstructions (ceiling)"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def previous_report(path: Path, settings: dict) -> dict:
+    """The datasets of an earlier report at `path` made with the same settings (kept unless
+    --redo), else an empty report."""
+    empty = {"datasets": {}}
+    if not path.exists():
+        return empty
+    old = json.loads(path.read_text())
+    same = all(old.get(k) == v for k, v in settings.items())
+    if not same or any("commit" not in r for r in old.get("datasets", {}).values()):
+        print(f"{path}: made with other settings; starting a new report", flush=True)
+        return empty
+    return {"datasets": old["datasets"]}
+
+
 def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
     """Published numbers for this window length: {(metric, method): {dataset: "mean±h"}}."""
     if seq_len == 24:
@@ -100,8 +128,10 @@ def markdown(report: dict) -> str:
         lines += ["**Quick smoke run (tiny model, few steps and metric iterations): not a "
                   "benchmark result.**", ""]
     repeats = {r["repeats"] for r in done.values()}
-    lines += [f"Commit `{report['commit']}`, preset `{report['preset']}`, seed {report['seed']}, "
-              f"device {report['device']}, torch {report['torch']}, {report['created']}.",
+    lines += [f"Preset `{report['preset']}`, seed {report['seed']}, training budget "
+              f"{report['train_minutes_budget']:g} min per dataset, holdout {report['holdout']:g}, "
+              f"last run: commit `{report['commit']}`, device {report['device']}, torch "
+              f"{report['torch']}, {report['created']} (each dataset's commit: below).",
               f"All windows of each dataset in [0, 1] vs as many generated windows; "
               f"mean ± 95% t half-width over {'/'.join(map(str, sorted(repeats))) or '?'} "
               "repeats; lower is better. Reference rows: Diffusion-TS paper, Table 1 (T = 24) "
@@ -112,17 +142,27 @@ def markdown(report: dict) -> str:
         ours = [done[n]["metrics"].get(metric) for n in names]
         lines.append(f"| {label} | {OURS} | "
                      + " | ".join(fmt(m["mean"], m["ci95"]) if m else "—" for m in ours) + " |")
+        if metric in CEILING_METRICS and any("ceiling" in done[n] for n in names):
+            cells = [done[n].get("ceiling", {}).get(metric) for n in names]
+            lines.append(f"| {label} | {CEILING} | "
+                         + " | ".join(fmt(m["mean"], m["ci95"]) if m else "—" for m in cells)
+                         + " |")
         for (m, method), row in ref.items():
             if m == metric:
                 lines.append(f"| {label} | {method} | "
                              + " | ".join(row.get(n, "—") for n in names) + " |")
-    lines += ["", "| dataset | windows | train minutes | steps (stage 1 / 2) | sampling s | "
-              "checkpoint |", "|---|---|---|---|---|---|"]
+    lines += ["", f"{CEILING}: the real windows encoded to tokens and decoded "
+              "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
+              "samples far above it point at the transformer, near it at the VQ-VAE.", "",
+              "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 cross-entropy "
+              "per scale | sampling s | checkpoint | commit, date |", "|---|---|---|---|---|---|---|---|"]
     for n, r in done.items():
+        ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
         lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
-                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
+                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | {ce} | "
                      f"{r['sample_seconds']:.1f} | `{Path(r['ckpt']).name}`"
-                     f"{' (reused)' if r['reused'] else ''} |")
+                     f"{' (reused)' if r['reused'] else ''} | `{r['commit'][:12]}`, "
+                     f"{r['created'][:10]} |")
     lines += ["", "Memorisation (`evaluate`'s check, `timemar_engine/metrics/memorization.py`), "
               "against real windows held out of training: near-copies (within RMS 1e-3 of a "
               "training window; the flag), and the share of generated windows under the held-out "
@@ -186,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="where checkpoints go (default bench/results/ckpts, git-ignored)")
     ap.add_argument("--reuse", action="store_true",
                     help="use an existing checkpoint in --ckpt-dir instead of retraining")
+    ap.add_argument("--redo", action="store_true",
+                    help="run datasets the report already holds (same preset, budget, holdout and "
+                    "seed) again; by default they are kept and only the others run, so a table "
+                    "that takes longer than one sitting accumulates over several runs")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the reconstruction ceiling (Discriminative and Context-FID of the "
+                    "real windows encoded and decoded, `evaluate --reconstruct`)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 30+30 training steps and a "
                     "few metric iterations: a smoke test, not a result")
     ap.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
@@ -194,14 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     iterations = QUICK_ITERATIONS if args.quick else None
-    report = {"datasets": {}, "skipped": {}, "commit": git_commit(), "preset": args.preset,
-              "seed": args.seed, "seq_len": args.seq_len,
-              "device": str(resolve_device(args.device)), "torch": torch.__version__,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "quick": args.quick, "train_minutes_budget": args.train_minutes,
-              "holdout": args.holdout}
+    settings = {"preset": args.preset, "seed": args.seed, "seq_len": args.seq_len,
+                "quick": args.quick, "train_minutes_budget": args.train_minutes,
+                "holdout": args.holdout, "repeats": args.repeats}
     json_path = args.out_dir / f"quality_T{args.seq_len}.json"
     md_path = json_path.with_suffix(".md")
+    report = previous_report(json_path, settings)
+    report.update(settings, skipped={}, commit=git_commit(), device=str(resolve_device(args.device)),
+                  torch=torch.__version__, created=now())
     for name in args.datasets:
         try:
             load_dataset(name, args.data_dir, seq_len=args.seq_len)
@@ -209,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {e}", flush=True)
             report["skipped"][name] = str(e)
     todo = [n for n in args.datasets if n not in report["skipped"]]
+    if not args.redo:
+        for n in [n for n in todo if n in report["datasets"]]:
+            print(f"{n}: kept from commit {report['datasets'][n]['commit'][:12]} "
+                  f"({report['datasets'][n]['created']}); --redo runs it again", flush=True)
+            todo.remove(n)
     for i, name in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] {name}"
         ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{args.preset}_seed{args.seed}"
@@ -226,9 +278,19 @@ def main(argv: list[str] | None = None) -> int:
                                      progress=not args.quiet)
         print(format_table(result), flush=True)
         meta = engine.meta
-        report["datasets"][name] = {
-            **result, "train_minutes": meta.get("train_minutes"), "reused": reused,
-            "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")}}
+        entry = {**result, "train_minutes": meta.get("train_minutes"), "reused": reused,
+                 "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")},
+                 "commit": report["commit"], "created": now(),
+                 "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale")}
+        if args.ceiling:
+            print(f"{tag}: scoring its reconstructions of the real windows (the ceiling)",
+                  flush=True)
+            recon = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
+                                        seed=args.seed, iterations=iterations,
+                                        metrics=CEILING_METRICS, progress=not args.quiet,
+                                        reconstruct=True)
+            entry["ceiling"] = recon["metrics"]
+        report["datasets"][name] = entry
         write_json(report, json_path, overwrite=True)
         md_path.write_text(markdown(report))
     if not report["datasets"]:

@@ -57,9 +57,37 @@ def test_quality_quick_on_sines(tmp_path, capsys):
                 "| Discriminative | TimeGAN | 0.011±.008 |",
                 "| Predictive | Original (real data) | 0.094±.001 |"):
         assert row in md
-    assert sum(line.startswith("| ") and "TimeMAR" in line for line in md.splitlines()) == 4
+    assert sum(line.startswith("| ") and "TimeMAR (ours)" in line for line in md.splitlines()) == 4
+    ceiling = sines["ceiling"]  # the reconstructions of the real windows
+    assert set(ceiling) == {"discriminative", "context_fid"}
+    assert all(len(m["runs"]) == 2 for m in ceiling.values())
+    c = ceiling["context_fid"]
+    assert f"| Context-FID | TimeMAR reconstructions (ceiling) | {quality.fmt(c['mean'], c['ci95'])} |" in md
+    assert sines["commit"] == report["commit"] and f"`{sines['commit'][:12]}`" in md
+    assert len(sines["ce_per_scale"]) == 7
     assert "| dataset | near-copies (held-out real) | DCR under held-out 5% |" in md
     assert f"| Sines | {100 * mem['near_copies']:.2f}% " in md
+
+
+def test_quality_report_accumulates_over_runs(tmp_path, capsys, monkeypatch):
+    quality = load_quality()
+    out, ckpts = tmp_path / "results", tmp_path / "ckpts"
+    base = ["--quick", "--datasets", "sines", "--repeats", "2", "--device", "cpu", "--out-dir",
+            str(out), "--ckpt-dir", str(ckpts), "--quiet", "--no-ceiling"]
+    assert quality.main(base) == 0
+    first = json.loads((out / "quality_T24.json").read_text())["datasets"]["sines"]
+    assert "ceiling" not in first
+    trained = []
+    monkeypatch.setattr(quality, "train", lambda *a: trained.append(a))
+    capsys.readouterr()
+    assert quality.main(base) == 0  # kept, not trained or scored again
+    assert "sines: kept from commit" in capsys.readouterr().out and not trained
+    assert json.loads((out / "quality_T24.json").read_text())["datasets"]["sines"] == first
+    # other settings: a new report; --redo: the dataset runs again (here re-scored, --reuse)
+    assert quality.main([*base, "--redo", "--reuse", "--repeats", "3"]) == 0
+    assert "made with other settings" in capsys.readouterr().out
+    again = json.loads((out / "quality_T24.json").read_text())["datasets"]["sines"]
+    assert again["reused"] and again["repeats"] == 3 and not trained
 
 
 def test_quality_reference_matches_protocol_table():
