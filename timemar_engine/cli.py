@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mini-batch (default 64; under torchrun the global batch, split evenly "
                    "across the processes)")
     t.add_argument("--lr1", type=positive_float, help="stage-1 peak learning rate (default 2e-3)")
-    t.add_argument("--lr2", type=positive_float, help="stage-2 peak learning rate (default 5e-4)")
+    t.add_argument("--lr2", type=positive_float, help="stage-2 peak learning rate (default 1e-3)")
     t.add_argument("--max-minutes", type=positive_float,
                    help="wall-clock budget for the whole run; step counts and the warm-up "
                    "shrink to fit it")

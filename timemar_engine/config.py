@@ -185,7 +185,7 @@ class TrainConfig:
     stage1_steps: int = 3000
     stage2_steps: int = 3000
     lr1: float = 2e-3
-    lr2: float = 5e-4
+    lr2: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 200
     grad_clip: float = 1.0
