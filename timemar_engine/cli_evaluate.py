@@ -90,6 +90,8 @@ def cmd_evaluate(args) -> int:
     from .safe_io import check_writable
 
     pair = bool(args.real or args.fake)
+    filters = [f for f, v in (("--top-k", args.top_k), ("--top-p", args.top_p),
+                              ("--temperature", args.temperature != 1.0)) if v]
     if pair:
         if not (args.real and args.fake) or args.ckpt or args.data:
             raise UsageError("--real and --fake go together, without --ckpt or --data")
@@ -98,15 +100,12 @@ def cmd_evaluate(args) -> int:
                                 ("--nan", args.nan), ("--no-header", args.header),
                                 ("--non-numeric", args.non_numeric))
                  if v is not None]
-        extra += [f for f, v in (("--reconstruct", args.reconstruct), ("--top-k", args.top_k),
-                                 ("--top-p", args.top_p),
-                                 ("--temperature", args.temperature != 1.0)) if v]
+        extra += ["--reconstruct"] * args.reconstruct + filters
         if extra:
             raise UsageError(f"{', '.join(extra)} appl{'ies' if len(extra) == 1 else 'y'} to "
                              f"sampling from a checkpoint, not to --real/--fake")
     if args.reconstruct and not pair:
-        sampling = [f for f, v in (("--n", args.n), ("--top-k", args.top_k), ("--top-p", args.top_p),
-                                   ("--temperature", args.temperature != 1.0)) if v]
+        sampling = ["--n"] * (args.n is not None) + filters
         if sampling:
             raise UsageError(f"{', '.join(sampling)} appl{'ies' if len(sampling) == 1 else 'y'} "
                              "to sampling; --reconstruct scores every real window's reconstruction")
