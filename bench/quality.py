@@ -100,7 +100,8 @@ def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def git_commit() -> str:
-    """HEAD, with "-dirty" when tracked files differ from it ("unknown" outside a git checkout)."""
+    """HEAD, with "-dirty" when tracked files outside bench/results differ from it (the harness's
+    own reports accumulate there), "unknown" outside a git checkout."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never touch the index
 
     def git(*a: str) -> str:
@@ -108,7 +109,8 @@ def git_commit() -> str:
                               check=True).stdout.strip()
     try:
         head = git("rev-parse", "HEAD")
-        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--",
+                                             ".", ":(exclude)bench/results") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -154,12 +156,14 @@ def markdown(report: dict) -> str:
     lines += ["", f"{CEILING}: the real windows encoded to tokens and decoded "
               "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
               "samples far above it point at the transformer, near it at the VQ-VAE.", "",
-              "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 cross-entropy "
-              "per scale | sampling s | checkpoint | commit, date |", "|---|---|---|---|---|---|---|---|"]
+              "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 arithmetic | "
+              "stage-2 cross-entropy per scale | sampling s | checkpoint | commit, date |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for n, r in done.items():
         ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
         lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
-                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | {ce} | "
+                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
+                     f"{r.get('precision', 'fp32')} | {ce} | "
                      f"{r['sample_seconds']:.1f} | `{Path(r['ckpt']).name}`"
                      f"{' (reused)' if r['reused'] else ''} | `{r['commit'][:12]}`, "
                      f"{r['created'][:10]} |")
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = {**result, "train_minutes": meta.get("train_minutes"), "reused": reused,
                  "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")},
                  "commit": report["commit"], "created": now(),
-                 "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale")}
+                 "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale"),
+                 "precision": meta.get("stage2", {}).get("precision", "fp32")}
         if args.ceiling:
             print(f"{tag}: scoring its reconstructions of the real windows (the ceiling)",
                   flush=True)

@@ -5,7 +5,9 @@
   loop; on CUDA bf16 + Triton attention + CUDA graphs) or 'auto' (the fastest correct one here);
 - kernels: Triton on CUDA; PyTorch CPU paths elsewhere. Tests run the Triton kernels on CPU tensors
   with TRITON_INTERPRET=1 (set before the kernel modules are imported) by calling them directly;
-- the C++/CUDA extension's ops (`extension_ops`) in the engine when built, else the PyTorch ops.
+- the C++/CUDA extension's ops (`extension_ops`) in the engine when built, else the PyTorch ops;
+- training arithmetic (`resolve_train_precision`, `train_autocast`): stage 2 in bf16 where the
+  hardware has it, else fp32.
 """
 from __future__ import annotations
 
@@ -211,6 +213,34 @@ def resolve_precision(precision: str, device: torch.device, width: int = INT8_MI
             return "bf16"
         return "int8" if cpu_int8 and width >= INT8_MIN_WIDTH else "fp32"
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere PyTorch
+    emulates bf16 GEMMs, far slower than fp32 (1 vs 150 GFLOP/s on an AVX2-only 2-core VM)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """Stage 2's arithmetic: "auto" is bf16 on CUDA devices that support it and on CPUs with
+    native bf16 (stage 2 on an AVX512-BF16 CPU: 0.39 vs 0.63 s a step, preset s,
+    bench/results/experiments_T24.md), else fp32; "fp32" and "bf16" are taken as given."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown training precision {precision!r}; choose from auto, fp32, bf16")
+    return precision
+
+
+def train_autocast(precision: str, device: torch.device):
+    """The context a training forward runs in: bf16 autocast (weights, gradients and optimizer
+    stay fp32) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def extension_ops(device: torch.device):

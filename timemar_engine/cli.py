@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget for the whole run; step counts and the warm-up "
                    "shrink to fit it")
     t.add_argument("--seed", type=seed_value, help="random seed (default 0)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="stage 2's arithmetic: bf16 autocast (fp32 weights and optimizer) or "
+                   "fp32; auto (default) is bf16 on CUDA and on CPUs with native bf16 "
+                   "(AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slow")
     t.add_argument("--holdout", type=holdout_fraction, metavar="FRACTION",
                    help="keep this fraction of the data out of training (the end of up to 10 "
                    "evenly spaced blocks; no window crosses a boundary) so `evaluate` checks "
@@ -165,9 +169,9 @@ def cmd_train(args) -> int:
     train(args.data, out=args.out, seq_len=args.seq_len, preset=args.preset,
           overrides=parse_overrides(args.set), resume=args.resume, stage=args.stage,
           steps1=args.steps1, steps2=args.steps2, batch_size=args.batch_size, lr1=args.lr1,
-          lr2=args.lr2, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
-          data_dir=args.data_dir, variable=args.variable, nan=args.nan, header=args.header,
-          non_numeric=args.non_numeric, holdout=args.holdout, force=args.force,
+          lr2=args.lr2, seed=args.seed, max_minutes=args.max_minutes, precision=args.precision,
+          device=args.device, data_dir=args.data_dir, variable=args.variable, nan=args.nan,
+          header=args.header, non_numeric=args.non_numeric, holdout=args.holdout, force=args.force,
           progress=not args.quiet)
     return 0
 

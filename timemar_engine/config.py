@@ -17,13 +17,20 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "grad_clip": (1e-12, None), "max_minutes": (1e-6, None), "dead_code_every": (1, None),
     "log_every": (1, None),
 }
+# the allowed values of string fields
+CHOICES: dict[str, tuple[str, ...]] = {"precision": ("auto", "fp32", "bf16")}
 
 
 def _typed(name: str, value, kind: str):
-    """value checked against a field's annotation ('int', 'float', 'bool', 'tuple[int, ...]',
-    'float | None') and its BOUNDS; ints are accepted for floats. Raises ValueError."""
+    """value checked against a field's annotation ('int', 'float', 'bool', 'str',
+    'tuple[int, ...]', 'float | None') and its BOUNDS or CHOICES; ints are accepted for floats.
+    Raises ValueError."""
     if kind.endswith("| None"):
         return None if value is None else _typed(name, value, kind[:-len("| None")].strip())
+    if kind == "str":
+        if value not in CHOICES[name]:
+            raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -193,6 +200,9 @@ class TrainConfig:
     max_minutes: float | None = None
     dead_code_every: int = 100
     log_every: int = 50
+    # stage 2's arithmetic: bf16 autocast (fp32 weights, optimizer and loss) or fp32; auto is
+    # bf16 where the hardware runs it natively (`backends.resolve_train_precision`)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -14,7 +14,7 @@ import torch
 
 from .backends import resolve_backend, resolve_device
 from .checkpoint import read_checkpoint
-from .config import ModelConfig, TrainConfig, preset as make_preset
+from .config import CHOICES, ModelConfig, TrainConfig, preset as make_preset
 from .data import MinMaxScaler, Series, WindowSet, load_any
 from .ddp import Ranks
 from .holdout import split_windows
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
 DATA_DEFAULTS = {"nan": "error", "header": True, "non_numeric": "error"}
 # training fields that may change on resume at a stage boundary, by the stage they belong to
-LATER_STAGE_FIELDS = {2: ("stage2_steps", "lr2", "max_minutes")}
+LATER_STAGE_FIELDS = {2: ("stage2_steps", "lr2", "max_minutes", "precision")}
 
 
 class TrainError(ValueError):
@@ -55,6 +55,7 @@ def _check_resume_conflicts(path, meta: dict, cfg: ModelConfig, state: dict | No
                             given: dict, preset: str | None, overrides: dict, seq_len) -> dict:
     """The stored training settings, updated by `given` where allowed; conflicts are errors."""
     stored = dict(meta.get("train_config", {}))
+    stored.setdefault("precision", "fp32")  # runs from before the option trained in fp32
     at_boundary = state is not None and int(state.get("step", 0)) == 0
     changeable = LATER_STAGE_FIELDS.get(state.get("stage"), ()) if at_boundary and state else ()
     for key, value in given.items():
@@ -83,7 +84,7 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
           resume: str | os.PathLike | None = None, stage: str = "both",
           steps1: int | None = None, steps2: int | None = None, batch_size: int | None = None,
           lr1: float | None = None, lr2: float | None = None, seed: int | None = None,
-          max_minutes: float | None = None, device: str = "auto",
+          max_minutes: float | None = None, precision: str | None = None, device: str = "auto",
           data_dir: str | os.PathLike | None = None, variable: str | None = None,
           nan: str | None = None, header: bool | None = None, non_numeric: str | None = None,
           holdout: float | None = None, force: bool = False, progress: bool = True,
@@ -99,7 +100,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     written at stage ends, every `save_every` seconds and on SIGINT/SIGTERM (then resumable).
     on_step(stage, step, logs) may return True to stop after that step with a resumable
     checkpoint. holdout: the fraction of the data kept out of training (`holdout.split_windows`)
-    for the memorisation check of `evaluate` (default 0: train on every window)."""
+    for the memorisation check of `evaluate` (default 0: train on every window). precision:
+    stage 2's arithmetic, auto (bf16 where the hardware has it natively), fp32 or bf16."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
 
@@ -121,8 +123,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
 
 
 def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage, steps1, steps2,
-           batch_size, lr1, lr2, seed, max_minutes, device, data_dir, variable, nan, header,
-           non_numeric, holdout, force, progress, save_every, on_step) -> "Engine":
+           batch_size, lr1, lr2, seed, max_minutes, precision, device, data_dir, variable, nan,
+           header, non_numeric, holdout, force, progress, save_every, on_step) -> "Engine":
     from .engine import Engine
 
     progress = progress and ranks.lead
@@ -136,12 +138,16 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
     same_file = resume is not None and Path(resume).resolve() == out.resolve()
     if ranks.lead:
         check_writable(out, overwrite=force or same_file)
+    if precision is not None and precision not in CHOICES["precision"]:
+        raise TrainError(f"precision must be one of {', '.join(CHOICES['precision'])}, got "
+                         f"{precision!r}")
     if holdout is not None and not 0 <= holdout <= 0.5:
         raise TrainError(f"holdout must be a fraction in [0, 0.5], got {holdout!r}")
     dev = resolve_device(device)
     overrides = dict(overrides or {})
     given = {"stage1_steps": steps1, "stage2_steps": steps2, "batch_size": batch_size,
-             "lr1": lr1, "lr2": lr2, "seed": seed, "max_minutes": max_minutes}
+             "lr1": lr1, "lr2": lr2, "seed": seed, "max_minutes": max_minutes,
+             "precision": precision}
     opts_given = {"nan": nan, "header": header, "non_numeric": non_numeric}
     state = None
     if resume is not None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .backends import resolve_train_precision, train_autocast
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import MinMaxScaler, WindowSet
@@ -333,7 +334,12 @@ class Trainer:
         state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
         self.model.vqvae.eval()
         tokens = Tokens(self.model, self.windows, self.device, tcfg.stage2_steps * tcfg.batch_size)
-        scales = self.model.cfg.scales
+        scales, device = self.model.cfg.scales, torch.device(self.device)
+        # a resumed stage keeps the arithmetic it started with, wherever it continues
+        precision = state.get("precision") or resolve_train_precision(tcfg.precision, device)
+        if self.progress and self.ranks.lead:
+            print(f"stage 2 arithmetic: {precision}"
+                  f"{' autocast (fp32 weights and optimizer)' if precision == 'bf16' else ''}")
         gpt.train()
         net = self.ranks.wrap(gpt)
 
@@ -341,7 +347,9 @@ class Trainer:
             t = tokens(idx)
             with torch.no_grad():
                 inputs = quant.teacher_inputs(split_scales(t, scales))
-            ce = per_scale_ce(net(inputs), t, scales)
+            with train_autocast(precision, device):
+                logits = net(inputs)
+            ce = per_scale_ce(logits.float(), t, scales)
             loss = (ce * torch.tensor(scales, device=ce.device)).sum() / sum(scales)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), tcfg.grad_clip)
@@ -349,12 +357,13 @@ class Trainer:
 
         steps = self._loop(2, tcfg.stage2_steps, tcfg.lr2, list(gpt.parameters()), state, seconds,
                            step_fn, lambda l: f"ce {l['ce']:.3f} per scale "
-                           f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}", dict)
+                           f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}",
+                           lambda: {"precision": precision})
         self.ranks.check_same(gpt, "stage 2")
         if not self.ranks.lead:
             return
         report = stage2_report(self.model, tokens)
-        self.meta["stage2"] = {"steps": steps, **report}
+        self.meta["stage2"] = {"steps": steps, "precision": precision, **report}
         self.save()
         if self.progress:
             print(f"stage 2: {steps} steps, cross-entropy per scale {report['ce_per_scale']}")
