@@ -10,6 +10,10 @@ rewritten after every dataset. Datasets whose files are missing are skipped. Tra
 still compare with every real window. Each dataset also scores its reconstructions of the real
 windows (the tokenizer's ceiling, `evaluate --reconstruct`).
 
+After the main table (--preset), the ablations and model sizes of VARIANTS (no decomposition,
+no coarse-seasonal guidance, preset `l`, twice the budget) run on Stocks, ETTh and Energy, into
+the same report (--variants picks them; --variants alone runs none).
+
 A report made with the same settings is continued: datasets it already holds are kept (with the
 commit and date that produced them) and only the others run, so the full table, hours of CPU,
 accumulates over several runs of the same command; --redo runs them again.
@@ -62,6 +66,22 @@ TABLE2 = {
     256: {("context_fid", "Diffusion-TS"): {"etth": "0.423", "energy": "0.126"},
           ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
 }
+# Ablations and model size, beside the main table (the --preset column): name -> preset, model
+# overrides, training-budget factor. Each runs on VARIANT_DATASETS (within --datasets).
+VARIANTS = {
+    "single-path": ("s", {"decomposition": False, "guidance": False}, 1),
+    "no-guidance": ("s", {"guidance": False}, 1),
+    "l": ("l", {}, 1),
+    "s-2x": ("s", {}, 2),
+    "l-2x": ("l", {}, 2),
+}
+VARIANT_NOTES = {
+    "single-path": "no decomposition: one encoder / decoder path on the window",
+    "no-guidance": "the fine decoder path without the coarse-seasonal prior",
+    "l": "preset `l`, same budget", "s-2x": "preset `s`, twice the budget",
+    "l-2x": "preset `l`, twice the budget",
+}
+VARIANT_DATASETS = ("stocks", "etth", "energy")
 # --quick: a tiny model, a few training steps and metric iterations (smoke test only)
 QUICK_TRAIN = ["--steps1", "30", "--steps2", "30", "--batch-size", "16",
                *(f"--set={kv}" for kv in ("hidden=16", "enc_blocks=1", "code_dim=8",
@@ -81,7 +101,7 @@ def now() -> str:
 def previous_report(path: Path, settings: dict) -> dict:
     """The datasets of an earlier report at `path` made with the same settings (kept unless
     --redo), else an empty report."""
-    empty = {"datasets": {}}
+    empty = {"datasets": {}, "variants": {}}
     if not path.exists():
         return empty
     old = json.loads(path.read_text())
@@ -89,7 +109,7 @@ def previous_report(path: Path, settings: dict) -> dict:
     if not same or any("commit" not in r for r in old.get("datasets", {}).values()):
         print(f"{path}: made with other settings; starting a new report", flush=True)
         return empty
-    return {"datasets": old["datasets"]}
+    return {"datasets": old["datasets"], "variants": old.get("variants", {})}
 
 
 def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
@@ -187,16 +207,49 @@ def markdown(report: dict) -> str:
                      f"{100 * m['nndr']['below_probe_q05']:.1f}% | "
                      f"{m['n_reference'] + m['n_probe']}{seen} | "
                      f"{'SUSPECT' if m['suspect'] else 'ok'} |")
+    lines += variants_markdown(report)
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{NAMES[n]} ({why})"
                                              for n, why in report["skipped"].items())]
     return "\n".join(lines) + "\n"
 
 
-def train(name: str, ckpt: Path, args: argparse.Namespace) -> None:
-    argv = ["train", "--data", name, "--seq-len", str(args.seq_len), "--preset", args.preset,
-            "--max-minutes", str(args.train_minutes), "--seed", str(args.seed),
-            "--holdout", str(args.holdout), "--device", args.device, "--out", str(ckpt), "--force"]
+def variants_markdown(report: dict) -> list[str]:
+    """The ablations and model sizes, each dataset's main-table row first (empty without any)."""
+    variants = report.get("variants") or {}
+    names = [n for n in NAMES if any(n in v for v in variants.values())]
+    if not names:
+        return []
+    lines = ["", "## Ablations and model size", "",
+             "Each variant trained and scored as the main table (same seed, holdout and "
+             "repeats); " + "; ".join(f"`{k}`: {v}" for k, v in VARIANT_NOTES.items()) + ".", "",
+             "| dataset | model | parameters | train minutes (budget) | steps (stage 1 / 2) | "
+             + " | ".join(METRIC_NAMES.values()) + " | commit, date |",
+             "|---|---|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
+    for n in names:
+        rows = [(f"`{report['preset']}` (main table)", report["datasets"].get(n),
+                 report["train_minutes_budget"])]
+        rows += [(f"`{v}`", variants[v][n], variants[v][n]["train_minutes_budget"])
+                 for v in VARIANTS if n in variants.get(v, {})]
+        for label, r, budget in rows:
+            if r is None:
+                lines.append(f"| {NAMES[n]} | {label} | not run yet |" + " |" * 8)
+                continue
+            cells = [fmt(m["mean"], m["ci95"]) if (m := r["metrics"].get(k)) else "—"
+                     for k in METRIC_NAMES]
+            params = f"{r['parameters'] / 1e6:.2f}M" if "parameters" in r else "—"
+            lines.append(f"| {NAMES[n]} | {label} | {params} | {r['train_minutes']} ({budget:g}) | "
+                         f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
+                         + " | ".join(cells) + f" | `{r['commit'][:12]}`, {r['created'][:10]} |")
+    return lines
+
+
+def train(name: str, ckpt: Path, args: argparse.Namespace, preset: str, overrides: dict,
+          minutes: float) -> None:
+    argv = ["train", "--data", name, "--seq-len", str(args.seq_len), "--preset", preset,
+            "--max-minutes", str(minutes), "--seed", str(args.seed),
+            "--holdout", str(args.holdout), "--device", args.device, "--out", str(ckpt), "--force",
+            *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
     if args.quick:
@@ -206,6 +259,45 @@ def train(name: str, ckpt: Path, args: argparse.Namespace) -> None:
     rc = cli.main(argv)
     if rc != 0:
         raise SystemExit(f"{name}: training failed (exit code {rc}); see the error above")
+
+
+def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: str,
+            tag: str) -> dict:
+    """Train (or reuse) one dataset's model, the main table's (variant None) or a variant's,
+    sample and score it: its report entry."""
+    preset, overrides, factor = VARIANTS[variant] if variant else (args.preset, {}, 1)
+    minutes = args.train_minutes * factor
+    iterations = QUICK_ITERATIONS if args.quick else None
+    ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{variant or args.preset}_seed{args.seed}"
+                            f"{'_quick' if args.quick else ''}.pt")
+    reused = args.reuse and ckpt.exists()
+    if reused:
+        print(f"{tag}: reusing {ckpt}", flush=True)
+    else:
+        print(f"{tag}: training ({minutes:g} min budget) -> {ckpt}", flush=True)
+        train(name, ckpt, args, preset, overrides, minutes)
+    engine = Engine.load(ckpt, device=args.device)
+    print(f"{tag}: sampling and scoring", flush=True)
+    result = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
+                                 seed=args.seed, iterations=iterations, progress=not args.quiet)
+    print(format_table(result), flush=True)
+    meta = engine.meta
+    entry = {**result, "train_minutes": meta.get("train_minutes"), "reused": reused,
+             "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")},
+             "commit": commit, "created": now(),
+             "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale"),
+             "precision": meta.get("stage2", {}).get("precision", "fp32"),
+             "parameters": engine.model.parameter_counts()["total"]}
+    if variant:
+        entry |= {"preset": preset, "overrides": overrides, "train_minutes_budget": minutes}
+    if args.ceiling:
+        print(f"{tag}: scoring its reconstructions of the real windows (the ceiling)", flush=True)
+        recon = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
+                                    seed=args.seed, iterations=iterations,
+                                    metrics=CEILING_METRICS, progress=not args.quiet,
+                                    reconstruct=True)
+        entry["ceiling"] = recon["metrics"]
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,10 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                     "few metric iterations: a smoke test, not a result")
     ap.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
                     help="where quality_T{T}.json and .md go (default bench/results)")
+    ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="NAME",
+                    default=list(VARIANTS),
+                    help="ablations and model sizes run after the main table, on "
+                    f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets): "
+                    + "; ".join(f"{k}: {v}" for k, v in VARIANT_NOTES.items())
+                    + " (default: all; --variants alone: none)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
-    iterations = QUICK_ITERATIONS if args.quick else None
     settings = {"preset": args.preset, "seed": args.seed, "seq_len": args.seq_len,
                 "quick": args.quick, "train_minutes_budget": args.train_minutes,
                 "holdout": args.holdout, "repeats": args.repeats}
@@ -259,46 +356,26 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as e:
             print(f"{name}: skipped: {e}", flush=True)
             report["skipped"][name] = str(e)
-    todo = [n for n in args.datasets if n not in report["skipped"]]
+    ok = [n for n in args.datasets if n not in report["skipped"]]
+    jobs = [(None, n) for n in ok] + [(v, n) for v in args.variants for n in ok
+                                      if n in VARIANT_DATASETS]
     if not args.redo:
-        for n in [n for n in todo if n in report["datasets"]]:
-            print(f"{n}: kept from commit {report['datasets'][n]['commit'][:12]} "
-                  f"({report['datasets'][n]['created']}); --redo runs it again", flush=True)
-            todo.remove(n)
-    for i, name in enumerate(todo, 1):
-        tag = f"[{i}/{len(todo)}] {name}"
-        ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{args.preset}_seed{args.seed}"
-                                f"{'_quick' if args.quick else ''}.pt")
-        reused = args.reuse and ckpt.exists()
-        if reused:
-            print(f"{tag}: reusing {ckpt}", flush=True)
+        for v, n in list(jobs):
+            kept = (report["variants"].get(v, {}) if v else report["datasets"]).get(n)
+            if kept:
+                print(f"{n}{f' ({v})' if v else ''}: kept from commit {kept['commit'][:12]} "
+                      f"({kept['created']}); --redo runs it again", flush=True)
+                jobs.remove((v, n))
+    for i, (variant, name) in enumerate(jobs, 1):
+        entry = run_one(name, variant, args, report["commit"], f"[{i}/{len(jobs)}] {name}"
+                        + (f" ({variant})" if variant else ""))
+        if variant:
+            report["variants"].setdefault(variant, {})[name] = entry
         else:
-            print(f"{tag}: training ({args.train_minutes:g} min budget) -> {ckpt}", flush=True)
-            train(name, ckpt, args)
-        engine = Engine.load(ckpt, device=args.device)
-        print(f"{tag}: sampling and scoring", flush=True)
-        result = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
-                                     seed=args.seed, iterations=iterations,
-                                     progress=not args.quiet)
-        print(format_table(result), flush=True)
-        meta = engine.meta
-        entry = {**result, "train_minutes": meta.get("train_minutes"), "reused": reused,
-                 "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")},
-                 "commit": report["commit"], "created": now(),
-                 "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale"),
-                 "precision": meta.get("stage2", {}).get("precision", "fp32")}
-        if args.ceiling:
-            print(f"{tag}: scoring its reconstructions of the real windows (the ceiling)",
-                  flush=True)
-            recon = evaluate_checkpoint(engine, name, args.data_dir, repeats=args.repeats,
-                                        seed=args.seed, iterations=iterations,
-                                        metrics=CEILING_METRICS, progress=not args.quiet,
-                                        reconstruct=True)
-            entry["ceiling"] = recon["metrics"]
-        report["datasets"][name] = entry
+            report["datasets"][name] = entry
         write_json(report, json_path, overwrite=True)
         md_path.write_text(markdown(report))
-    if not report["datasets"]:
+    if not report["datasets"] and not report["variants"]:
         print("no dataset was evaluated; nothing written")
         return 1
     print(f"wrote {json_path} and {md_path}")

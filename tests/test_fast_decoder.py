@@ -20,7 +20,9 @@ def random_decoder(cfg, dtype):
 
 
 @pytest.mark.parametrize("cfg", [tiny_config(), tiny_config(seq_len=64), preset("xs", 24, 5),
-                                 preset("s", 24, 6)], ids=["tiny", "tiny-T64", "xs", "s"])
+                                 preset("s", 24, 6), tiny_config(guidance=False),
+                                 tiny_config(decomposition=False, guidance=False)],
+                         ids=["tiny", "tiny-T64", "xs", "s", "no-guidance", "single-path"])
 @pytest.mark.parametrize("batch", [1, 37])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_matches_the_conv1d_decoder(cfg, batch, dtype, tol):

@@ -171,3 +171,34 @@ def test_evaluate_reconstructions_and_filtered_samples(ckpt_and_csv, tmp_path, c
     assert cli_main(["evaluate", "--real", str(r), "--fake", str(f), "--reconstruct",
                      "--metrics", "correlational", "--quiet"]) == 2
     assert "--reconstruct applies to sampling from a checkpoint" in capsys.readouterr().err
+
+
+def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monkeypatch):
+    quality = load_quality()
+    calls = []
+
+    def fake_run(name, variant, args, commit, tag):
+        calls.append((variant, name))
+        m = {k: {"mean": 0.1 * len(calls), "ci95": 0.01, "runs": [0.1]} for k in METRICS}
+        return {"metrics": m, "commit": commit, "created": "2026-12-04T00:00:00", "steps":
+                {"stage1": 1, "stage2": 2}, "train_minutes": 1.0, "parameters": 5_400_000,
+                "repeats": 5, "n_real": 10, "ckpt": "m.pt", "reused": False, "sample_seconds": 1.0,
+                **({"train_minutes_budget": 2.0} if variant else {})}
+
+    monkeypatch.setattr(quality, "run_one", fake_run)
+    out = tmp_path / "results"
+    base = ["--datasets", "sines", "stocks", "--data-dir", str(datasets_dir), "--out-dir", str(out),
+            "--quiet"]
+    assert quality.main([*base, "--variants", "no-guidance", "l"]) == 0
+    assert calls == [(None, "sines"), (None, "stocks"), ("no-guidance", "stocks"), ("l", "stocks")]
+    report = json.loads((out / "quality_T24.json").read_text())
+    assert set(report["variants"]) == {"no-guidance", "l"} and list(report["datasets"]) == [
+        "sines", "stocks"]
+    md = (out / "quality_T24.md").read_text()
+    assert "## Ablations and model size" in md
+    assert "| Stocks | `s` (main table) | 5.40M | 1.0 (30) | 1 / 2 |" in md
+    assert "| Stocks | `l` | 5.40M | 1.0 (2) | 1 / 2 |" in md
+    calls.clear()
+    assert quality.main([*base, "--variants", "no-guidance", "single-path"]) == 0
+    assert calls == [("single-path", "stocks")]  # the rest kept
+    assert quality.main([*base, "--variants"]) == 0 and calls == [("single-path", "stocks")]

@@ -97,6 +97,9 @@ class ModelConfig:
     phi_alpha: float = 0.5
     cosine_codes: bool = False
     attn_heads: int = 4
+    # the design's parts, switchable for ablations (both on in TimeMAR)
+    decomposition: bool = True  # False: one encoder / decoder path on the window itself
+    guidance: bool = True  # False: the fine decoder path without the coarse-seasonal prior
     # losses
     beta: float = 0.25
     w_components: float = 0.5
@@ -148,6 +151,10 @@ class ModelConfig:
         if self.hidden % self.attn_heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of attn_heads "
                              f"({self.attn_heads})")
+        if self.guidance and not self.decomposition:
+            raise ValueError("guidance (the fine path attending to the decoded coarse seasonal "
+                             "part) needs decomposition; set guidance=false with "
+                             "decomposition=false")
         if not 1 <= self.coarse_factor <= self.seq_len:
             raise ValueError(f"coarse_factor must be in [1, seq_len], got {self.coarse_factor}")
 

@@ -83,11 +83,15 @@ class ChannelsLastDecoder(nn.Module):
         d = self.d
         x = f_hat.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         hc = d.coarse(d.coarse_in(x))
-        trend, coarse = d.trend_out(hc), d.coarse_out(hc)
-        prior = _rows(hc + d.prior_embed(coarse))
-        hf = d.guide(_rows(d.fine(d.fine_in(x))), prior)
-        fine = d.fine_out(_image(hf.contiguous()))
-        return trend.squeeze(2), coarse.squeeze(2), fine.squeeze(2)
+        trend = d.trend_out(hc).squeeze(2)
+        if not d.split:
+            zero = torch.zeros_like(trend)
+            return trend, zero, zero
+        coarse = d.coarse_out(hc)
+        hf = d.fine(d.fine_in(x))
+        if d.guided:
+            hf = _image(d.guide(_rows(hf), _rows(hc + d.prior_embed(coarse))).contiguous())
+        return trend, coarse.squeeze(2), d.fine_out(hf).squeeze(2)
 
 
 def decode_sum(decoder: nn.Module, f_hat: torch.Tensor) -> torch.Tensor:

@@ -19,17 +19,17 @@ class TimeMAR(nn.Module):
         """Parameters per part, and the total."""
         v = self.vqvae
         parts = {
-            "decomposition": v.decompose,
-            "coarse_encoder": [v.coarse_enc, v.path_embed],
-            "fine_encoder": v.fine_enc,
-            "fusion": v.fuse,
-            "quantizer": v.quant,
-            "decoder": v.decoder,
-            "transformer": self.gpt,
+            "decomposition": [getattr(v, "decompose", None)],
+            "coarse_encoder": [v.coarse_enc, getattr(v, "path_embed", None)],
+            "fine_encoder": [getattr(v, "fine_enc", None)],  # absent without decomposition
+            "fusion": [v.fuse],
+            "quantizer": [v.quant],
+            "decoder": [v.decoder],
+            "transformer": [self.gpt],
         }
         counts = {}
         for name, mods in parts.items():
-            mods = mods if isinstance(mods, list) else [mods]
+            mods = [m for m in mods if m is not None]
             counts[name] = sum(m.numel() if isinstance(m, nn.Parameter) else
                                sum(p.numel() for p in m.parameters()) for m in mods)
         counts["total"] = sum(p.numel() for p in self.parameters())

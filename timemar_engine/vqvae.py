@@ -73,7 +73,11 @@ class FineEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Coarse path emits trend and coarse seasonal; the fine path attends to the coarse prior."""
+    """Coarse path emits trend and coarse seasonal; the fine path attends to the coarse prior.
+
+    Ablations (ModelConfig): guidance=False drops the fine path's attention to the prior;
+    decomposition=False keeps one path, whose output (returned as the trend, with zero seasonal
+    parts) is the whole window."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -81,18 +85,29 @@ class Decoder(nn.Module):
         self.coarse_in = nn.Conv1d(cfg.code_dim, h, 3, padding=1)
         self.coarse = upsample_stack(h, cfg.enc_blocks, cfg.n_downsample)
         self.trend_out = nn.Conv1d(h, c, 1)
+        self.split = cfg.decomposition
+        if not self.split:
+            return
         self.coarse_out = nn.Conv1d(h, c, 1)
         self.fine_in = nn.Conv1d(cfg.code_dim, h, 3, padding=1)
         self.fine = upsample_stack(h, cfg.enc_blocks, cfg.n_downsample)
-        self.prior_embed = nn.Conv1d(c, h, 3, padding=1)
-        self.guide = CrossAttention(h, cfg.attn_heads)
+        self.guided = cfg.guidance
+        if self.guided:
+            self.prior_embed = nn.Conv1d(c, h, 3, padding=1)
+            self.guide = CrossAttention(h, cfg.attn_heads)
         self.fine_out = nn.Sequential(ResBlock(h), nn.Conv1d(h, c, 1))
 
     def forward(self, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hc = self.coarse(self.coarse_in(f_hat))
-        trend, coarse = self.trend_out(hc), self.coarse_out(hc)
-        prior = (hc + self.prior_embed(coarse)).transpose(1, 2)
-        hf = self.guide(self.fine(self.fine_in(f_hat)).transpose(1, 2), prior).transpose(1, 2)
+        trend = self.trend_out(hc)
+        if not self.split:
+            zero = torch.zeros_like(trend)
+            return trend, zero, zero
+        coarse = self.coarse_out(hc)
+        hf = self.fine(self.fine_in(f_hat))
+        if self.guided:
+            prior = (hc + self.prior_embed(coarse)).transpose(1, 2)
+            hf = self.guide(hf.transpose(1, 2), prior).transpose(1, 2)
         return trend, coarse, self.fine_out(hf)
 
 
@@ -109,17 +124,19 @@ def amplitude(x: torch.Tensor) -> torch.Tensor:
 
 
 class DualPathVQVAE(nn.Module):
-    """x (B, T, C) in [-1, 1] -> K token maps -> reconstruction."""
+    """x (B, T, C) in [-1, 1] -> K token maps -> reconstruction. With cfg.decomposition False
+    (the ablation) one conv path encodes the window itself."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         h = cfg.hidden
-        self.decompose = Decomposition(cfg.seq_len, cfg.trend_kernels, cfg.coarse_factor)
         self.coarse_enc = conv_stack(cfg.channels, h, cfg.enc_blocks, cfg.n_downsample)
-        self.path_embed = nn.Parameter(torch.zeros(2, h, 1))  # trend / coarse seasonal
-        self.fine_enc = FineEncoder(cfg)
-        self.fuse = nn.Conv1d(3 * h, cfg.code_dim, 1)
+        if cfg.decomposition:
+            self.decompose = Decomposition(cfg.seq_len, cfg.trend_kernels, cfg.coarse_factor)
+            self.path_embed = nn.Parameter(torch.zeros(2, h, 1))  # trend / coarse seasonal
+            self.fine_enc = FineEncoder(cfg)
+        self.fuse = nn.Conv1d((3 if cfg.decomposition else 1) * h, cfg.code_dim, 1)
         self.quant = MultiScaleQuantizer(cfg.scales, cfg.code_dim, cfg.codebook_size, cfg.phi_convs,
                                          cfg.phi_alpha, cfg.beta, cfg.cosine_codes)
         self.decoder = Decoder(cfg)
@@ -128,8 +145,11 @@ class DualPathVQVAE(nn.Module):
         stem, rest = self.coarse_enc[0], self.coarse_enc[1:]
         return rest(stem(x) + self.path_embed[path])
 
-    def _encode(self, xc: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Components of xc (B, C, T) and the fused latent f (B, Cz, T')."""
+    def _encode(self, xc: torch.Tensor) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
+        """Components of xc (B, C, T) (None without decomposition) and the fused latent f
+        (B, Cz, T')."""
+        if not self.cfg.decomposition:
+            return None, self.fuse(self.coarse_enc(xc))
         trend, coarse, fine = parts = self.decompose(xc)
         z = torch.cat([self._coarse_path(trend, 0), self._coarse_path(coarse, 1),
                        self.fine_enc(fine)], 1)
@@ -155,13 +175,12 @@ class DualPathVQVAE(nn.Module):
         f_hat, indices, vq_loss = self.quant(f)
         d_trend, d_coarse, d_fine = self.decoder(f_hat)
         x_hat = d_trend + d_coarse + d_fine
-        terms = {
-            "recon": F.mse_loss(x_hat, xc),
-            "components": sum(F.mse_loss(a, b.detach()) for a, b in
-                              zip((d_trend, d_coarse, d_fine), parts)) / 3,
-            "fft": F.l1_loss(amplitude(x_hat), amplitude(xc)),
-            "vq": vq_loss,
-        }
-        loss = (terms["recon"] + cfg.w_components * terms["components"] + cfg.w_fft * terms["fft"]
-                + terms["vq"])
+        terms = {"recon": F.mse_loss(x_hat, xc)}
+        loss = terms["recon"]
+        if parts is not None:  # each decoded component against the decomposition's
+            terms["components"] = sum(F.mse_loss(a, b.detach()) for a, b in
+                                      zip((d_trend, d_coarse, d_fine), parts)) / 3
+            loss = loss + cfg.w_components * terms["components"]
+        terms |= {"fft": F.l1_loss(amplitude(x_hat), amplitude(xc)), "vq": vq_loss}
+        loss = loss + cfg.w_fft * terms["fft"] + terms["vq"]
         return VQOutput(x_hat.transpose(1, 2), indices, loss, terms)
