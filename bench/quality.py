@@ -67,19 +67,15 @@ TABLE2 = {
           ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
 }
 # Ablations and model size, beside the main table (the --preset column): name -> preset, model
-# overrides, training-budget factor. Each runs on VARIANT_DATASETS (within --datasets).
+# overrides, training-budget factor, what it is. Each runs on VARIANT_DATASETS (within --datasets).
 VARIANTS = {
-    "single-path": ("s", {"decomposition": False, "guidance": False}, 1),
-    "no-guidance": ("s", {"guidance": False}, 1),
-    "l": ("l", {}, 1),
-    "s-2x": ("s", {}, 2),
-    "l-2x": ("l", {}, 2),
-}
-VARIANT_NOTES = {
-    "single-path": "no decomposition: one encoder / decoder path on the window",
-    "no-guidance": "the fine decoder path without the coarse-seasonal prior",
-    "l": "preset `l`, same budget", "s-2x": "preset `s`, twice the budget",
-    "l-2x": "preset `l`, twice the budget",
+    "single-path": ("s", {"decomposition": False, "guidance": False}, 1,
+                    "no decomposition: one encoder / decoder path on the window"),
+    "no-guidance": ("s", {"guidance": False}, 1,
+                    "the fine decoder path without the coarse-seasonal prior"),
+    "l": ("l", {}, 1, "preset `l`, same budget"),
+    "s-2x": ("s", {}, 2, "preset `s`, twice the budget"),
+    "l-2x": ("l", {}, 2, "preset `l`, twice the budget"),
 }
 VARIANT_DATASETS = ("stocks", "etth", "energy")
 # --quick: a tiny model, a few training steps and metric iterations (smoke test only)
@@ -222,19 +218,16 @@ def variants_markdown(report: dict) -> list[str]:
         return []
     lines = ["", "## Ablations and model size", "",
              "Each variant trained and scored as the main table (same seed, holdout and "
-             "repeats); " + "; ".join(f"`{k}`: {v}" for k, v in VARIANT_NOTES.items()) + ".", "",
+             "repeats); " + "; ".join(f"`{k}`: {v[3]}" for k, v in VARIANTS.items()) + ".", "",
              "| dataset | model | parameters | train minutes (budget) | steps (stage 1 / 2) | "
              + " | ".join(METRIC_NAMES.values()) + " | commit, date |",
              "|---|---|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
     for n in names:
-        rows = [(f"`{report['preset']}` (main table)", report["datasets"].get(n),
-                 report["train_minutes_budget"])]
+        rows = [(f"`{report['preset']}` (main table)", report["datasets"][n],
+                 report["train_minutes_budget"])] if n in report["datasets"] else []
         rows += [(f"`{v}`", variants[v][n], variants[v][n]["train_minutes_budget"])
                  for v in VARIANTS if n in variants.get(v, {})]
         for label, r, budget in rows:
-            if r is None:
-                lines.append(f"| {NAMES[n]} | {label} | not run yet |" + " |" * 8)
-                continue
             cells = [fmt(m["mean"], m["ci95"]) if (m := r["metrics"].get(k)) else "—"
                      for k in METRIC_NAMES]
             params = f"{r['parameters'] / 1e6:.2f}M" if "parameters" in r else "—"
@@ -265,7 +258,7 @@ def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: st
             tag: str) -> dict:
     """Train (or reuse) one dataset's model, the main table's (variant None) or a variant's,
     sample and score it: its report entry."""
-    preset, overrides, factor = VARIANTS[variant] if variant else (args.preset, {}, 1)
+    preset, overrides, factor = VARIANTS[variant][:3] if variant else (args.preset, {}, 1)
     minutes = args.train_minutes * factor
     iterations = QUICK_ITERATIONS if args.quick else None
     ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{variant or args.preset}_seed{args.seed}"
@@ -337,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     default=list(VARIANTS),
                     help="ablations and model sizes run after the main table, on "
                     f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets): "
-                    + "; ".join(f"{k}: {v}" for k, v in VARIANT_NOTES.items())
+                    + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items())
                     + " (default: all; --variants alone: none)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)

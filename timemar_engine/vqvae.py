@@ -131,9 +131,10 @@ class DualPathVQVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         h = cfg.hidden
+        if cfg.decomposition:  # built in the order of the parameters' registration before
+            self.decompose = Decomposition(cfg.seq_len, cfg.trend_kernels, cfg.coarse_factor)
         self.coarse_enc = conv_stack(cfg.channels, h, cfg.enc_blocks, cfg.n_downsample)
         if cfg.decomposition:
-            self.decompose = Decomposition(cfg.seq_len, cfg.trend_kernels, cfg.coarse_factor)
             self.path_embed = nn.Parameter(torch.zeros(2, h, 1))  # trend / coarse seasonal
             self.fine_enc = FineEncoder(cfg)
         self.fuse = nn.Conv1d((3 if cfg.decomposition else 1) * h, cfg.code_dim, 1)
