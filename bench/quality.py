@@ -11,7 +11,7 @@ still compare with every real window. Each dataset also scores its reconstructio
 windows (the tokenizer's ceiling, `evaluate --reconstruct`).
 
 After the main table (--preset), the ablations and model sizes of VARIANTS (no decomposition,
-no coarse-seasonal guidance, preset `l`, twice the budget) run on Stocks, ETTh and Energy, into
+no coarse-seasonal guidance, no multi-scale, preset `l`, twice the budget) run on Stocks, ETTh and Energy, into
 the same report (--variants picks them; --variants alone runs none).
 
 A report made with the same settings is continued: datasets it already holds are kept (with the
@@ -73,6 +73,8 @@ VARIANTS = {
                     "no decomposition: one encoder / decoder path on the window"),
     "no-guidance": ("s", {"guidance": False}, 1,
                     "the fine decoder path without the coarse-seasonal prior"),
+    "one-scale": ("s", {"multiscale": False}, 1,
+                  "no multi-scale: one token map of the latent length, predicted token by token"),
     "l": ("l", {}, 1, "preset `l`, same budget"),
     "s-2x": ("s", {}, 2, "preset `s`, twice the budget"),
     "l-2x": ("l", {}, 2, "preset `l`, twice the budget"),

@@ -116,8 +116,13 @@ def test_int8_ops_pass_torch_library_opcheck():
 
 def test_precision_choice_and_errors(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
     assert backends.resolve_precision("auto", cpu, 256) == "int8"
     assert backends.resolve_precision("auto", cpu, 96) == "fp32"
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: False)  # int8 GEMMs emulated: slow
+    assert backends.resolve_precision("auto", cpu, 256) == "fp32"
+    assert backends.resolve_precision("int8", cpu, 256) == "int8"  # still there when asked
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
     assert backends.resolve_precision("int8", cpu, 32) == "int8"
     assert backends.resolve_precision("auto", torch.device("cuda"), 256) == "bf16"
     with pytest.raises(ValueError, match="auto, fp32, int8"):

@@ -80,27 +80,31 @@ def _triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" and triton_available()
 
 
-def engine_unavailable_reason(device: torch.device) -> str | None:
-    """Why the engine backend cannot run on device, or None when it can."""
+def engine_unavailable_reason(device: torch.device, multiscale: bool = True) -> str | None:
+    """Why the engine backend cannot run a model (multiscale: its config's) on device, or None."""
+    if not multiscale:
+        return ("the engine samples next-scale models; a one-map model (multiscale=false) "
+                "samples token by token on the eager backend")
     if device.type == "cuda" and not triton_available():
         return "the engine on CUDA needs triton: pip install 'timemar-engine[gpu]'"
     return None
 
 
-def available_backends(device: torch.device) -> list[str]:
-    return ["eager"] + ([] if engine_unavailable_reason(device) else ["engine"])
+def available_backends(device: torch.device, multiscale: bool = True) -> list[str]:
+    return ["eager"] + ([] if engine_unavailable_reason(device, multiscale) else ["engine"])
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> the fastest correct backend for device; unknown or unusable names are errors."""
+def resolve_backend(backend: str, device: torch.device, multiscale: bool = True) -> str:
+    """'auto' -> the fastest correct backend for device and the model (multiscale: its
+    config's); unknown or unusable names are errors."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    reason = engine_unavailable_reason(device, multiscale)
     if backend == "auto":
-        return "engine" if engine_unavailable_reason(device) is None else "eager"
-    reason = engine_unavailable_reason(device) if backend == "engine" else None
-    if reason:
-        raise ValueError(f"backend 'engine' cannot run on {device}: {reason}; "
-                         f"available here: {', '.join(available_backends(device))}")
+        return "engine" if reason is None else "eager"
+    if backend == "engine" and reason:
+        raise ValueError(f"backend 'engine' cannot run this model on {device}: {reason}; "
+                         f"available here: {', '.join(available_backends(device, multiscale))}")
     return backend
 
 
@@ -197,9 +201,9 @@ INT8_MIN_WIDTH = 256
 
 def resolve_precision(precision: str, device: torch.device, width: int = INT8_MIN_WIDTH) -> str:
     """The engine transformer's arithmetic: "auto" is bf16 on CUDA, and int8 linear layers
-    (`int8_linear.py`) on CPU with the C++ extension for models at least INT8_MIN_WIDTH wide
-    (`width`, the d_model), else fp32; "fp32" everywhere; "int8" on CPU with the extension.
-    Anything else is one error naming the choices."""
+    (`int8_linear.py`) on CPU with the C++ extension and int8 dot products (`cpu_has_vnni`)
+    for models at least INT8_MIN_WIDTH wide (`width`, the d_model), else fp32; "fp32"
+    everywhere; "int8" on CPU with the extension. Anything else is one error naming the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     from . import extension
@@ -211,8 +215,15 @@ def resolve_precision(precision: str, device: torch.device, width: int = INT8_MI
     if precision == "auto":
         if device.type == "cuda":
             return "bf16"
-        return "int8" if cpu_int8 and width >= INT8_MIN_WIDTH else "fp32"
+        return "int8" if cpu_int8 and cpu_has_vnni() and width >= INT8_MIN_WIDTH else "fp32"
     return precision
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), which
+    `torch._int_mm` needs to be fast: without them it measured 1.3 GOP/s against 77 GFLOP/s for
+    fp32 (one thread, an AVX2-only EPYC VM), so int8 layers would be ~60x slower there."""
+    return getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -27,6 +27,7 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
+    from .value_support import MAX_LEVELS, MIN_MASS
 
     p = OneLineParser(
         prog="timemar-engine", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
     s.add_argument("--scale", choices=("data", "unit", "model"), default="data",
                    help="data units (default), unit = [0, 1] per channel, model = [-1, 1]")
+    s.add_argument("--raw-values", dest="snap_values", action="store_false",
+                   help="keep the decoder's continuous values: by default, in data and unit "
+                   f"scale, channels with at most {MAX_LEVELS} distinct values in the training "
+                   "data snap to them, and values piled up at a channel's minimum or maximum (at "
+                   f"least {MIN_MASS * 100:g}%% of the data, e.g. zeros at night) are restored in the "
+                   "same share (see `info`)")
     s.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda or cuda:N")
     s.add_argument("--backend", default="auto", choices=("auto", "engine", "eager"),
@@ -133,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the exported decoder, see `export`)")
     s.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
                    help="the engine transformer's arithmetic: auto (default: bf16 on CUDA; on "
-                   "CPU int8 linear layers for models with d_model >= 256, else fp32), fp32, or "
-                   "int8 (CPU with the C++ extension); int8 and bf16 change individual samples, "
+                   "CPU int8 linear layers for models with d_model >= 256 where the CPU has "
+                   "int8 dot products (AVX512-VNNI or AVX-VNNI), else fp32), fp32, or int8 (CPU "
+                   "with the C++ extension; without VNNI far slower); int8 and bf16 change individual samples, "
                    "not their distribution (tested)")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -198,7 +206,8 @@ def cmd_sample(args) -> int:
         check_output(out, fmt, [], args.force)
     device = distributed_device(args.device, distributed.local_rank()) if sharded else args.device
     engine = Engine.load(args.ckpt, device=device, backend=args.backend,
-                         decoder=args.decoder, precision=args.precision)
+                         decoder=args.decoder, precision=args.precision,
+                         snap_values=args.snap_values)
     t0 = time.perf_counter()
     engine.sample_to(out, args.n, batch_size=args.batch_size, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scale=args.scale,
@@ -222,12 +231,15 @@ def cmd_info(args) -> int:
     print(f"checkpoint  {info['path']}")
     print(f"data        {meta.get('dataset', '?')}: T={info['seq_len']}, C={len(info['channels'])} "
           f"({', '.join(info['channels'][:8])}{', ...' if len(info['channels']) > 8 else ''})")
-    print(f"scales      {info['scales']} ({sum(info['scales'])} tokens), codebook "
+    order = "next-scale" if info["config"]["multiscale"] else "one map, token by token"
+    print(f"scales      {info['scales']} ({sum(info['scales'])} tokens, {order}), codebook "
           f"{info['config']['codebook_size']} x {info['config']['code_dim']}")
     print(f"backend     {info['backend']} on {info['device']}, {info['precision']} transformer "
           "(available here: "
           f"{', '.join(info['backends_available'])}; triton "
           f"{'installed' if info['triton'] else 'not installed'})")
+    if info["value_support"]:
+        print(f"values      restored in samples: {'; '.join(info['value_support'])}")
     ext = info["extension"]
     if ext["loaded"]:
         cuda = "compiled" if ext["cuda_ops"] else "not compiled (no nvcc at build time)"

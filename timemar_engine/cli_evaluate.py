@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
                    help="sampling temperature, as for `sample` (default 1)")
     e.add_argument("--top-k", type=positive_int, help="sample from the k most likely codes")
     e.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
+    e.add_argument("--raw-values", dest="snap_values", action="store_false",
+                   help="score the decoder's continuous values, without restoring the training "
+                   "data's levels and point masses (as `sample --raw-values`)")
     e.add_argument("--reconstruct", action="store_true",
                    help="score the model's reconstructions of the real windows (encoded to "
                    "tokens and decoded) instead of samples: the tokenizer's ceiling. Samples "
@@ -100,7 +103,8 @@ def cmd_evaluate(args) -> int:
                                 ("--nan", args.nan), ("--no-header", args.header),
                                 ("--non-numeric", args.non_numeric))
                  if v is not None]
-        extra += ["--reconstruct"] * args.reconstruct + filters
+        extra += (["--reconstruct"] * args.reconstruct + ["--raw-values"] * (not args.snap_values)
+                  + filters)
         if extra:
             raise UsageError(f"{', '.join(extra)} appl{'ies' if len(extra) == 1 else 'y'} to "
                              f"sampling from a checkpoint, not to --real/--fake")
@@ -134,7 +138,7 @@ def cmd_evaluate(args) -> int:
         result = score_windows(real, fake, **common)
         result.update(real=args.real, fake=args.fake)
     else:
-        engine = Engine.load(args.ckpt, device=device)
+        engine = Engine.load(args.ckpt, device=device, snap_values=args.snap_values)
         check_metric_shapes(args.metrics, **{"--n": (args.n, None, None), "the model": (
             None, engine.seq_len, len(engine.channels))})
         data = args.data or default_real_data(engine.meta)

@@ -100,6 +100,8 @@ class ModelConfig:
     # the design's parts, switchable for ablations (both on in TimeMAR)
     decomposition: bool = True  # False: one encoder / decoder path on the window itself
     guidance: bool = True  # False: the fine decoder path without the coarse-seasonal prior
+    # False: one token map of the latent length, predicted token by token (raster order)
+    multiscale: bool = True
     # losses
     beta: float = 0.25
     w_components: float = 0.5
@@ -112,7 +114,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        self.scales = self.scales or default_scales(self.seq_len)
+        if not self.scales:
+            latent = default_scales(self.seq_len)[-1]
+            self.scales = default_scales(self.seq_len) if self.multiscale else (latent,)
         self.validate()
 
     @property
@@ -122,6 +126,12 @@ class ModelConfig:
     @property
     def n_tokens(self) -> int:
         return sum(self.scales)
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The tokens the transformer predicts together, step by step: the scales, or one token
+        at a time for a single map."""
+        return self.scales if self.multiscale else (1,) * self.latent_len
 
     @property
     def n_downsample(self) -> int:
@@ -134,10 +144,13 @@ class ModelConfig:
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
         s = self.scales
-        if len(s) < 2:
+        if self.multiscale and len(s) < 2:
             raise ValueError(f"scales needs at least two token maps (the transformer predicts "
                              f"each scale from the coarser ones), got {list(s)} for seq_len "
-                             f"{self.seq_len}")
+                             f"{self.seq_len}; one map is multiscale=false")
+        if not self.multiscale and len(s) != 1:
+            raise ValueError(f"multiscale=false predicts one token map token by token: scales "
+                             f"must have one entry (or be left empty), got {list(s)}")
         if any(b <= a for a, b in zip(s, s[1:])) or s[0] < 1:
             raise ValueError(f"scales must be strictly increasing positive lengths, got {list(s)}")
         if any(k < 1 for k in self.trend_kernels) or not self.trend_kernels:

@@ -16,6 +16,7 @@ from .backends import resolve_device
 from .checkpoint import load_checkpoint
 from .fast_sampling import StreamSampler
 from .sampling import check_filters, generate, is_integer
+from .value_support import ValueSupport
 from .writers import guess_format, write_chunks
 
 SCALES = ("data", "unit", "model")
@@ -72,10 +73,14 @@ class Engine:
     """A loaded TimeMAR model ready to sample. Build it with `Engine.load`."""
 
     def __init__(self, model, scaler, channels, meta, device: torch.device, backend: str,
-                 path: Path, decoder: str = "pytorch", precision: str = "auto"):
+                 path: Path, decoder: str = "pytorch", precision: str = "auto",
+                 snap_values: bool = True):
         self.model, self.scaler, self.channels, self.meta = model, scaler, channels, meta
         self.device, self.backend, self.path, self.decoder = device, backend, path, decoder
         self.cfg = model.cfg
+        # levels and point masses of the training data, restored in 'data' / 'unit' windows
+        self.value_support = ValueSupport.from_dict(meta.get("value_support") if snap_values
+                                                    else None)
         self._sampler = (StreamSampler(model, device, backends.cpu_streams(), precision)
                          if backend == "engine" else None)
         # the transformer's arithmetic: the eager backend computes as the model is stored
@@ -86,21 +91,25 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
-             backend: str = "auto", decoder: str = "auto", precision: str = "auto") -> "Engine":
+             backend: str = "auto", decoder: str = "auto", precision: str = "auto",
+             snap_values: bool = True) -> "Engine":
         """Load a checkpoint (None: the packaged default model) onto device ('auto', 'cpu', 'cuda')
         with a sampling backend ('auto': the fastest correct one here, 'engine' or 'eager'), a
         decoder ('auto' = 'pytorch', 'onnxruntime' or 'tensorrt': `backends.resolve_decoder`)
         and the engine transformer's precision ('auto', 'fp32' or 'int8':
-        `backends.resolve_precision`; the eager backend takes only 'auto' or 'fp32')."""
+        `backends.resolve_precision`; the eager backend takes only 'auto' or 'fp32').
+        snap_values=False: windows as the decoder emits them, without restoring the training
+        data's levels and point masses (`value_support.py`)."""
         dev = resolve_device(device)
-        backend = backends.resolve_backend(backend, dev)
+        path = Path(path) if path is not None else default_checkpoint()
+        model, scaler, channels, meta, _ = load_checkpoint(path, dev)
+        backend = backends.resolve_backend(backend, dev, model.cfg.multiscale)
         if backend == "eager" and precision not in ("auto", "fp32"):  # the engine checks its own
             raise ValueError(f"precision {precision!r}: the eager backend computes in the model's "
                              "fp32 (auto or fp32); int8 needs backend='engine'")
         decoder = backends.resolve_decoder(decoder, backend)
-        path = Path(path) if path is not None else default_checkpoint()
-        model, scaler, channels, meta, _ = load_checkpoint(path, dev)
-        return cls(model, scaler, channels, meta, dev, backend, path, decoder, precision)
+        return cls(model, scaler, channels, meta, dev, backend, path, decoder, precision,
+                   snap_values)
 
     def _exported_decoder(self, decoder: str):
         """The model's decoder exported to ONNX (model scale) and run by onnxruntime, or built
@@ -132,12 +141,13 @@ class Engine:
             "backend": self.backend,
             "decoder": self.decoder,
             "precision": self.precision,
-            "backends_available": backends.available_backends(self.device),
+            "backends_available": backends.available_backends(self.device, self.cfg.multiscale),
             "triton": backends.triton_available(),
             "extension": extension.status(),
             "seq_len": self.cfg.seq_len,
             "channels": self.channels,
             "scales": list(self.cfg.scales),
+            "value_support": self.value_support.describe(self.channels),
             "parameters": self.model.parameter_counts(),
             "config": self.cfg.to_dict(),
             "meta": {k: v for k, v in self.meta.items() if k != "history"},
@@ -192,7 +202,7 @@ class Engine:
         gens = (torch.Generator(self.device).manual_seed(chunk_seed(seed, c)) for c in chunks)
         if self._sampler is not None and self._sampler.fuses_scaling:
             batches = self._sampler.iter_generate(rows, gens, self._affine(scale), **filters)
-            return ((c, x.cpu().numpy()) for c, x in zip(chunks, batches))
+            return ((c, self._snap(x.cpu().numpy(), scale)) for c, x in zip(chunks, batches))
         if self._sampler is not None:
             batches = self._sampler.iter_generate(rows, gens, **filters)
         else:
@@ -292,13 +302,23 @@ class Engine:
         return self._to_scale(x, scale)
 
     def _to_scale(self, x: torch.Tensor, scale: str) -> np.ndarray:
-        """Model-scale windows to numpy float32 in the requested scale."""
+        """Model-scale windows to numpy float32 in the requested scale (snapped: `_snap`)."""
         x = x.float().cpu().numpy()
         if scale != "model":
             x = (x + 1) / 2
             if scale == "data":
                 x = self.scaler.from_unit(x)
-        return x.astype(np.float32, copy=False)
+        return self._snap(x.astype(np.float32, copy=False), scale)
+
+    def _snap(self, x: np.ndarray, scale: str) -> np.ndarray:
+        """Windows in 'data' or 'unit' scale with the training data's levels and point masses
+        restored in place (`value_support.py`); 'model' windows are returned as they are."""
+        if scale == "model" or not self.value_support:
+            return x
+        if scale == "data":
+            return self.value_support.snap(x, self.scaler.lo, self.scaler.hi - self.scaler.lo)
+        C = len(self.channels)
+        return self.value_support.snap(x, np.zeros(C), np.ones(C))
 
 
 def with_progress(chunks: Iterator[np.ndarray], n: int, progress: bool) -> Iterator[np.ndarray]:

@@ -67,16 +67,17 @@ class Block(nn.Module):
 
 
 class ScaleGPT(nn.Module):
-    """Predicts the tokens of scale k from the accumulated reconstruction of scales < k."""
+    """Predicts the tokens of scale k from the accumulated reconstruction of scales < k; with one
+    map (multiscale false), token t from the codes of tokens < t (`cfg.blocks`: one per step)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         d, L = cfg.d_model, cfg.n_tokens
         self.offsets = [0]
-        for s in cfg.scales:
+        for s in cfg.blocks:
             self.offsets.append(self.offsets[-1] + s)
-        self.start_token = nn.Parameter(torch.randn(1, cfg.scales[0], d) * 0.02)
+        self.start_token = nn.Parameter(torch.randn(1, cfg.blocks[0], d) * 0.02)
         self.word_embed = nn.Linear(cfg.code_dim, d)
         self.pos_embed = nn.Parameter(torch.randn(1, L, d) * 0.02)
         self.lvl_embed = nn.Embedding(len(cfg.scales), d)
@@ -84,7 +85,7 @@ class ScaleGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.codebook_size)
-        self.register_buffer("mask", block_causal_mask(cfg.scales), persistent=False)
+        self.register_buffer("mask", block_causal_mask(cfg.blocks), persistent=False)
         self.register_buffer("level", scale_ids(cfg.scales), persistent=False)
 
     def embed(self, inputs: torch.Tensor | None, start: int, end: int, batch: int) -> torch.Tensor:
@@ -101,7 +102,7 @@ class ScaleGPT(nn.Module):
         return self.head(self.ln_f(x)).float()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, L, V) from the inputs of scales 2..K (B, L - s_1, Cz)."""
+        """Teacher-forced logits (B, L, V) from the inputs of steps 2.. (B, L - blocks[0], Cz)."""
         B = inputs.shape[0]
         x = self.embed(inputs, 0, self.cfg.n_tokens, B)
         for block in self.blocks:
@@ -109,7 +110,7 @@ class ScaleGPT(nn.Module):
         return self.logits(x)
 
     def step(self, inputs: torch.Tensor | None, k: int, batch: int) -> torch.Tensor:
-        """Cached forward of scale k's tokens (inputs None for k = 0) -> logits (B, s_k, V)."""
+        """Cached forward of step k's tokens (inputs None for k = 0) -> logits (B, blocks[k], V)."""
         start, end = self.offsets[k], self.offsets[k + 1]
         x = self.embed(inputs, start, end, batch)
         for block in self.blocks:

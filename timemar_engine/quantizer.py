@@ -100,7 +100,10 @@ class MultiScaleQuantizer(nn.Module):
         return sum(self.embed(idx, k) for k, idx in enumerate(indices))
 
     def teacher_inputs(self, indices: list[torch.Tensor]) -> torch.Tensor:
-        """Transformer inputs for scales 2..K: area_down(f_hat_{<k}, s_k) -> (B, L - s_1, Cz)."""
+        """Transformer inputs for scales 2..K: area_down(f_hat_{<k}, s_k) -> (B, L - s_1, Cz);
+        for a single map, predicted token by token: the codes of tokens 1..T'-1 (B, T' - 1, Cz)."""
+        if len(self.scales) == 1:
+            return self.codebook(indices[0][:, :-1])
         f_hat, parts = None, []
         for k in range(len(self.scales) - 1):
             h = self.embed(indices[k], k)

@@ -78,7 +78,8 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, **fil
 def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              return_indices: bool = False):
-    """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale."""
+    """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale (or token
+    by token for a one-map model); return_indices: also the token maps, one per scale."""
     if not is_integer(batch) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     filters = check_filters(temperature, top_k, top_p)
@@ -86,15 +87,22 @@ def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = Non
     scales = model.cfg.scales
     gpt.setup_cache(batch)
     try:
-        f_hat, inputs, indices = None, None, []
-        for k, s in enumerate(scales):
-            logits = gpt.step(inputs, k, batch)
-            idx = sample_tokens(logits, generator, **filters)
-            h = quant.embed(idx, k)
-            f_hat = h if f_hat is None else f_hat.add_(h)
-            indices.append(idx)
-            if k + 1 < len(scales):
-                inputs = area_resize(f_hat, scales[k + 1]).transpose(1, 2)
+        if model.cfg.multiscale:
+            f_hat, inputs, indices = None, None, []
+            for k, s in enumerate(scales):
+                idx = sample_tokens(gpt.step(inputs, k, batch), generator, **filters)
+                h = quant.embed(idx, k)
+                f_hat = h if f_hat is None else f_hat.add_(h)
+                indices.append(idx)
+                if k + 1 < len(scales):
+                    inputs = area_resize(f_hat, scales[k + 1]).transpose(1, 2)
+        else:  # one map in raster order: each token's input is the previous token's code
+            inputs, tokens = None, []
+            for t in range(scales[0]):
+                tokens.append(sample_tokens(gpt.step(inputs, t, batch), generator, **filters))
+                inputs = quant.codebook(tokens[-1])
+            indices = [torch.cat(tokens, 1)]
+            f_hat = quant.embed(indices[0], 0)
     finally:
         gpt.setup_cache(None)
     x = model.vqvae.decode(f_hat).clamp_(-1, 1)

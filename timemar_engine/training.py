@@ -22,7 +22,9 @@ from .data import MinMaxScaler, WindowSet
 from .ddp import Ranks
 from .model import TimeMAR
 from .quantizer import perplexity
+from .sampling import generate
 from .schedule import EpochOrder, StepBudget
+from .value_support import ValueSupport
 
 SAVE_EVERY_S = 120.0
 # stage reports score at most this many (evenly spaced) windows; the stage-2 one costs a full
@@ -126,6 +128,15 @@ class StopRequested(Exception):
     """Raised inside the step loop once a resumable checkpoint of the last step is written."""
 
 
+@torch.no_grad()
+def calibration_samples(model: TimeMAR, device, n: int = 2048, batch: int = 256) -> np.ndarray:
+    """n unsnapped samples (n, T, C) in unit scale, seeded, for `ValueSupport.calibrate`."""
+    model.eval()
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.cat([generate(model, batch, gen) for _ in range(-(-n // batch))])[:n]
+    return ((x.double() + 1) / 2).cpu().numpy()
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Within the step loop SIGINT and SIGTERM only set a flag, which the loop checks between
@@ -177,6 +188,7 @@ class Trainer:
         self.meta.setdefault("history", {})
         self.meta["train_config"] = asdict(tcfg)
         self.meta["n_windows"] = len(windows)
+        self.meta["value_support"] = ValueSupport.fit(windows.unit).to_dict()
         self.stopped_at: tuple[int, int] | None = None
         self._last_save = time.perf_counter()
         self._run_t0, self._budget_start = time.perf_counter(), 0.0
@@ -364,6 +376,10 @@ class Trainer:
             return
         report = stage2_report(self.model, tokens)
         self.meta["stage2"] = {"steps": steps, "precision": precision, **report}
+        support = ValueSupport.from_dict(self.meta["value_support"])
+        if support.masses:
+            support.calibrate(calibration_samples(self.model, self.device))
+            self.meta["value_support"] = support.to_dict()
         self.save()
         if self.progress:
             print(f"stage 2: {steps} steps, cross-entropy per scale {report['ce_per_scale']}")
