@@ -140,7 +140,7 @@ def fmt(mean: float, ci: float | None) -> str:
 
 def markdown(report: dict) -> str:
     """The results table (metric x method rows, dataset columns) and the training summary."""
-    done = report["datasets"]
+    done = {n: report["datasets"][n] for n in NAMES if n in report["datasets"]}  # table order
     ref = reference(report["seq_len"])
     names = list(done)
     lines = [f"# TimeMAR sample quality, T = {report['seq_len']}", ""]

@@ -173,10 +173,8 @@ def test_evaluate_reconstructions_and_filtered_samples(ckpt_and_csv, tmp_path, c
     assert "--reconstruct applies to sampling from a checkpoint" in capsys.readouterr().err
 
 
-def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monkeypatch):
-    quality = load_quality()
-    calls = []
-
+def fake_runner(calls: list):
+    """A stand-in for quality.run_one recording its calls; the means grow with each call."""
     def fake_run(name, variant, args, commit, tag):
         calls.append((variant, name))
         m = {k: {"mean": 0.1 * len(calls), "ci95": 0.01, "runs": [0.1]} for k in METRICS}
@@ -184,8 +182,13 @@ def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monke
                 {"stage1": 1, "stage2": 2}, "train_minutes": 1.0, "parameters": 5_400_000,
                 "repeats": 5, "n_real": 10, "ckpt": "m.pt", "reused": False, "sample_seconds": 1.0,
                 **({"train_minutes_budget": 2.0} if variant else {})}
+    return fake_run
 
-    monkeypatch.setattr(quality, "run_one", fake_run)
+
+def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monkeypatch):
+    quality = load_quality()
+    calls = []
+    monkeypatch.setattr(quality, "run_one", fake_runner(calls))
     out = tmp_path / "results"
     base = ["--datasets", "sines", "stocks", "--data-dir", str(datasets_dir), "--out-dir", str(out),
             "--quiet"]
@@ -202,3 +205,17 @@ def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monke
     assert quality.main([*base, "--variants", "no-guidance", "single-path"]) == 0
     assert calls == [("single-path", "stocks")]  # the rest kept
     assert quality.main([*base, "--variants"]) == 0 and calls == [("single-path", "stocks")]
+
+
+def test_quality_tables_keep_the_table_order_whatever_the_run_order(tmp_path, datasets_dir,
+                                                                     monkeypatch):
+    quality = load_quality()
+    calls = []
+    monkeypatch.setattr(quality, "run_one", fake_runner(calls))
+    out = tmp_path / "results"
+    assert quality.main(["--datasets", "stocks", "sines", "--data-dir", str(datasets_dir),
+                         "--out-dir", str(out), "--quiet", "--variants"]) == 0
+    assert calls == [(None, "stocks"), (None, "sines")]
+    md = (out / "quality_T24.md").read_text()
+    assert "| metric | method | Sines | Stocks |" in md
+    assert md.index("| Sines | 10 |") < md.index("| Stocks | 10 |")  # training summary
