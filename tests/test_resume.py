@@ -4,12 +4,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from timemar_engine import train
+from timemar_engine.config import DEFAULT_STEPS, TrainConfig
 from timemar_engine.schedule import EpochOrder, StepBudget
 
 TINY = {"hidden": 16, "code_dim": 8, "codebook_size": 256, "d_model": 32, "n_layer": 1,
@@ -140,6 +142,40 @@ def test_warmup_adapts_to_a_short_budget():
     s = StepBudget(300, warmup=200, seconds=50.0, state={"total": 120, "seconds": 50.0,
                                                           "elapsed": 20.0})
     assert s.total == 120 and s.warmup == 12 and 20.0 <= s.elapsed() < 21.0
+
+
+def test_open_ended_stage_runs_as_many_steps_as_fit(monkeypatch):
+    from timemar_engine import schedule
+
+    clock = [0.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock[0])
+    open_ended, capped = StepBudget(None, warmup=10, seconds=100.0), StepBudget(300, 10, 100.0)
+    assert open_ended.total == 100 and open_ended.warmup == 10  # full warm-up until timed
+    for step in range(1, 301):
+        clock[0] += 0.05  # 2000 steps fit in 100 s
+        open_ended.observe(step, 0)
+        capped.observe(step, 0)
+    assert 1990 <= open_ended.total <= 2000 and capped.total == 300
+    assert open_ended.lr_factor(open_ended.total) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="needs a time budget"):
+        StepBudget(None, warmup=10, seconds=None)
+
+
+def test_step_counts_default_to_the_time_budget():
+    assert TrainConfig().steps(1) == TrainConfig().steps(2) == DEFAULT_STEPS == 3000
+    t = TrainConfig(max_minutes=5.0, stage2_steps=40)
+    assert t.steps(1) is None and t.steps(2) == 40
+
+
+def test_a_budget_without_step_counts_is_spent(walk, tmp_path):
+    budget = 0.05  # minutes: stage 1 gets 40% of it, stage 2 the rest
+    t0 = time.perf_counter()
+    e = train(walk, out=tmp_path / "b.pt", preset="xs", overrides=TINY, progress=False,
+              device="cpu", batch_size=16, seed=3, max_minutes=budget, steps1=5)
+    took = time.perf_counter() - t0
+    assert e.meta["stage1"]["steps"] == 5  # a given count still caps its stage
+    assert e.meta["train_config"]["stage2_steps"] is None and e.meta["stage2"]["steps"] > 20
+    assert took >= 0.6 * budget * 60  # stage 2 trained until its share was spent
 
 
 def test_epoch_order_state_replays_the_same_batches():

@@ -72,16 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", help="continue a run exactly where its checkpoint "
                    "left it (data order, RNGs, optimizer, schedule); the original run's model and "
                    "training flags are restored, and a flag that contradicts them is an error")
-    t.add_argument("--steps1", type=positive_int, help="stage-1 steps (default 3000)")
-    t.add_argument("--steps2", type=positive_int, help="stage-2 steps (default 3000)")
+    t.add_argument("--steps1", type=positive_int, help="stage-1 steps (default: as many as fit "
+                   "in its share of --max-minutes; 3000 without --max-minutes)")
+    t.add_argument("--steps2", type=positive_int, help="stage-2 steps (default: as many as fit "
+                   "in its share of --max-minutes; 3000 without --max-minutes)")
     t.add_argument("--batch-size", type=positive_int,
                    help="mini-batch (default 64; under torchrun the global batch, split evenly "
                    "across the processes)")
     t.add_argument("--lr1", type=positive_float, help="stage-1 peak learning rate (default 2e-3)")
     t.add_argument("--lr2", type=positive_float, help="stage-2 peak learning rate (default 1e-3)")
     t.add_argument("--max-minutes", type=positive_float,
-                   help="wall-clock budget for the whole run; step counts and the warm-up "
-                   "shrink to fit it")
+                   help="wall-clock budget for the whole run (stage 1 gets 40%% of it when both "
+                   "stages run): a stage without --steps1 / --steps2 trains until its share is "
+                   "spent, one with them stops early if they do not fit (the learning-rate "
+                   "schedule and warm-up follow the step count the budget allows)")
     t.add_argument("--seed", type=seed_value, help="random seed (default 0)")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="stage 2's arithmetic: bf16 autocast (fp32 weights and optimizer) or "

@@ -204,13 +204,18 @@ def preset(name: str, seq_len: int, channels: int, overrides: dict | None = None
                                   **overrides})
 
 
+DEFAULT_STEPS = 3000  # per stage, when neither a step count nor a time budget is given
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings for both stages."""
 
     batch_size: int = 64
-    stage1_steps: int = 3000
-    stage2_steps: int = 3000
+    # steps per stage; None: as many as fit in the stage's share of max_minutes (DEFAULT_STEPS
+    # when there is no budget either)
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
     lr1: float = 2e-3
     lr2: float = 1e-3
     weight_decay: float = 0.05
@@ -226,6 +231,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def steps(self, stage: int) -> int | None:
+        """Stage 1's or 2's step count; None: until its share of max_minutes is spent."""
+        given = self.stage1_steps if stage == 1 else self.stage2_steps
+        return DEFAULT_STEPS if given is None and self.max_minutes is None else given
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -9,14 +9,20 @@ import torch
 
 
 class StepBudget:
-    """Total steps of a stage, shrunk once the step time is known so a time budget is kept.
+    """Total steps of a stage, fitted to a time budget once the step time is known: a requested
+    total shrinks to what fits; with none (total None) the stage runs as many steps as fit.
 
     The learning rate warms up linearly over `warmup` steps, capped at a tenth of the (possibly
     shrunk) total so a short run does not spend itself warming up, then decays by a cosine to 10%.
+    Until the step time is known, an open-ended stage schedules as if it had 10 * warmup steps.
     """
 
-    def __init__(self, total: int, warmup: int, seconds: float | None, state: dict | None = None):
-        self.requested = self.total = total
+    def __init__(self, total: int | None, warmup: int, seconds: float | None,
+                 state: dict | None = None):
+        if total is None and seconds is None:
+            raise ValueError("a stage without a step count needs a time budget")
+        self.requested = total
+        self.total = 10 * warmup if total is None else total
         self.max_warmup, self.seconds = warmup, seconds
         elapsed = 0.0
         if state:
@@ -38,14 +44,14 @@ class StepBudget:
         return time.perf_counter() - self.t0
 
     def observe(self, step: int, first_step: int) -> None:
-        """At 20 steps into a session and every 200 after, cap the total by what fits in the time
-        budget at this session's average speed (it can grow back to the requested count)."""
+        """At 20 steps into a session and every 200 after, set the total to what fits in the time
+        budget at this session's average speed, capped by the requested count if any."""
         done = step - first_step
         if self.seconds is None or done < 20 or (done != 20 and done % 200):
             return
         per_step = (self.elapsed() - self._session_start) / done
         fits = step + int((self.seconds - self.elapsed()) / per_step)
-        self.total = max(step, min(self.requested, fits))
+        self.total = max(step, fits if self.requested is None else min(self.requested, fits))
 
     def out_of_time(self) -> bool:
         return self.seconds is not None and self.elapsed() > self.seconds

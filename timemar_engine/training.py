@@ -82,10 +82,11 @@ class Tokens:
     is tokenized when drawn, so neither time nor memory grows with the series beyond what the
     stage uses."""
 
-    def __init__(self, model: TimeMAR, windows: WindowSet, device, draws: int):
+    def __init__(self, model: TimeMAR, windows: WindowSet, device, draws: int | None):
+        """draws: how many windows the stage will draw (None: not known in advance)."""
         self.model, self.windows, self.device = model, windows, device
         n, self.table = len(windows), None
-        if n <= draws:
+        if draws is None or n <= draws:
             self.table = torch.cat([self._compute(np.arange(i, min(i + 1024, n)))
                                     for i in range(0, n, 1024)]).to(torch.int16)
 
@@ -247,7 +248,7 @@ class Trainer:
             opt.load_state_dict(state["optimizer"])
         return opt
 
-    def _loop(self, stage: int, steps: int, lr: float, params, state: dict, seconds,
+    def _loop(self, stage: int, steps: int | None, lr: float, params, state: dict, seconds,
               step_fn, postfix, extra_state: Callable[[], dict]) -> int:
         """The optimisation loop of a stage; returns the number of steps done in all sessions."""
         step = int(state.get("step", 0))
@@ -328,7 +329,7 @@ class Trainer:
             return {"codes_revived": revived[0], "usage": quant.usage.cpu().clone(),
                     "recent_residuals": quant.recent_residuals.cpu().clone()}
 
-        steps = self._loop(1, tcfg.stage1_steps, tcfg.lr1, list(vq.parameters()), state, seconds,
+        steps = self._loop(1, tcfg.steps(1), tcfg.lr1, list(vq.parameters()), state, seconds,
                            step_fn, lambda l: f"loss {l['loss']:.4f} recon {l['recon']:.4f} "
                            f"perplexity/scale {' '.join(f'{p:.0f}' for p in l['perplexity'])}",
                            extra_state)
@@ -345,7 +346,9 @@ class Trainer:
     def stage2(self, seconds: float | None, state: dict | None = None) -> None:
         state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
         self.model.vqvae.eval()
-        tokens = Tokens(self.model, self.windows, self.device, tcfg.stage2_steps * tcfg.batch_size)
+        steps2 = tcfg.steps(2)
+        tokens = Tokens(self.model, self.windows, self.device,
+                        None if steps2 is None else steps2 * tcfg.batch_size)
         scales, device = self.model.cfg.scales, torch.device(self.device)
         # a resumed stage keeps the arithmetic it started with, wherever it continues
         precision = state.get("precision") or resolve_train_precision(tcfg.precision, device)
@@ -367,7 +370,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), tcfg.grad_clip)
             return {"ce": loss.detach(), "ce_per_scale": ce.detach()}
 
-        steps = self._loop(2, tcfg.stage2_steps, tcfg.lr2, list(gpt.parameters()), state, seconds,
+        steps = self._loop(2, steps2, tcfg.lr2, list(gpt.parameters()), state, seconds,
                            step_fn, lambda l: f"ce {l['ce']:.3f} per scale "
                            f"{' '.join(f'{c:.2f}' for c in l['ce_per_scale'])}",
                            lambda: {"precision": precision})
