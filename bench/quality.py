@@ -117,6 +117,20 @@ def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
     return TABLE2.get(seq_len, {})
 
 
+def machine(device: torch.device) -> str:
+    """What trained and scored a dataset: the GPU, or the CPU's model, SIMD level and threads
+    (sessions run on different machines, and the budget buys steps at the machine's speed)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return (f"{names[0] if names else 'CPU'}, {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def git_commit() -> str:
     """HEAD, with "-dirty" when tracked files outside bench/results differ from it (the harness's
     own reports accumulate there), "unknown" outside a git checkout."""
@@ -175,14 +189,15 @@ def markdown(report: dict) -> str:
               "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
               "samples far above it point at the transformer, near it at the VQ-VAE.", "",
               "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 arithmetic | "
-              "stage-2 cross-entropy per scale | sampling s | checkpoint | commit, date |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "stage-2 cross-entropy per scale | sampling s | machine | checkpoint | commit, date |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in done.items():
         ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
         lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
                      f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
                      f"{r.get('precision', 'fp32')} | {ce} | "
-                     f"{r['sample_seconds']:.1f} | `{Path(r['ckpt']).name}`"
+                     f"{r['sample_seconds']:.1f} | {r.get('machine', '—')} | "
+                     f"`{Path(r['ckpt']).name}`"
                      f"{' (reused)' if r['reused'] else ''} | `{r['commit'][:12]}`, "
                      f"{r['created'][:10]} |")
     lines += ["", "Memorisation (`evaluate`'s check, `timemar_engine/metrics/memorization.py`), "
@@ -282,7 +297,8 @@ def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: st
              "commit": commit, "created": now(),
              "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale"),
              "precision": meta.get("stage2", {}).get("precision", "fp32"),
-             "parameters": engine.model.parameter_counts()["total"]}
+             "parameters": engine.model.parameter_counts()["total"],
+             "machine": machine(engine.device)}
     if variant:
         entry |= {"preset": preset, "overrides": overrides, "train_minutes_budget": minutes}
     if args.ceiling:

@@ -65,6 +65,7 @@ def test_quality_quick_on_sines(tmp_path, capsys):
     assert f"| Context-FID | TimeMAR reconstructions (ceiling) | {quality.fmt(c['mean'], c['ci95'])} |" in md
     assert sines["commit"] == report["commit"] and f"`{sines['commit'][:12]}`" in md
     assert len(sines["ce_per_scale"]) == 7
+    assert sines["machine"].endswith(" threads") and f"| {sines['machine']} |" in md
     assert "| dataset | near-copies (held-out real) | DCR under held-out 5% |" in md
     assert f"| Sines | {100 * mem['near_copies']:.2f}% " in md
 
