@@ -56,10 +56,10 @@ def test_two_ranks_train_both_stages(walk_csv, tmp_path):
 
 def test_stage_two_on_two_ranks_matches_one_process(walk_csv, tmp_path):
     """From the same stage-1 checkpoint, stage 2 with global batch 32 on 2 ranks follows the
-    1-process run with batch 32 (same batches, averaged gradients) up to float rounding; a
-    1-process checkpoint resumes in a world of 2."""
+    1-process run with batch 32 (same batches, averaged gradients) up to fp32 rounding (pinned:
+    `auto` is bf16 on CPUs with native bf16); a 1-process checkpoint resumes in a world of 2."""
     flags = ["--data", str(walk_csv), *TINY, "--steps1", "40", "--steps2", "30",
-             "--batch-size", "32", "--quiet"]
+             "--batch-size", "32", "--precision", "fp32", "--quiet"]
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     assert cli("train", *flags, "--stage", "1", "--out", str(one)).returncode == 0
     two.write_bytes(one.read_bytes())
