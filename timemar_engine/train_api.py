@@ -103,8 +103,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     without steps1 / steps2 trains until its share is spent, one with them stops early if they
     do not fit (3000 steps a stage without either). holdout: the fraction of the data kept out
     of training (`holdout.split_windows`) for the memorisation check of `evaluate` (default 0:
-    train on every window). precision:
-    stage 2's arithmetic, auto (bf16 where the hardware has it natively), fp32 or bf16."""
+    train on every window). precision: stage 2's arithmetic, auto (bf16 where the hardware has
+    it natively), fp32 or bf16."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
 
