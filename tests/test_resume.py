@@ -157,6 +157,7 @@ def test_open_ended_stage_runs_as_many_steps_as_fit(monkeypatch):
         capped.observe(step, 0)
     assert 1990 <= open_ended.total <= 2000 and capped.total == 300
     assert open_ended.lr_factor(open_ended.total) == pytest.approx(0.1)
+    assert StepBudget(None, warmup=0, seconds=100.0).total > 20  # reaches its first timing
     with pytest.raises(ValueError, match="needs a time budget"):
         StepBudget(None, warmup=10, seconds=None)
 

@@ -14,7 +14,8 @@ class StepBudget:
 
     The learning rate warms up linearly over `warmup` steps, capped at a tenth of the (possibly
     shrunk) total so a short run does not spend itself warming up, then decays by a cosine to 10%.
-    Until the step time is known, an open-ended stage schedules as if it had 10 * warmup steps.
+    Until the step time is known (step 20), an open-ended stage schedules as if it had
+    10 * warmup steps (at least 100, so it reaches that first timing even without a warm-up).
     """
 
     def __init__(self, total: int | None, warmup: int, seconds: float | None,
@@ -22,7 +23,7 @@ class StepBudget:
         if total is None and seconds is None:
             raise ValueError("a stage without a step count needs a time budget")
         self.requested = total
-        self.total = 10 * warmup if total is None else total
+        self.total = max(10 * warmup, 100) if total is None else total
         self.max_warmup, self.seconds = warmup, seconds
         elapsed = 0.0
         if state:
