@@ -189,10 +189,12 @@ def markdown(report: dict) -> str:
               "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
               "samples far above it point at the transformer, near it at the VQ-VAE.", "",
               "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 arithmetic | "
-              "stage-2 cross-entropy per scale | sampling s | machine | checkpoint | commit, date |",
+              "stage-2 cross-entropy per scale (nats) | sampling s | machine | checkpoint | commit, date |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in done.items():
         ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
+        if r.get("heldout_ce_mean_token") is not None:
+            ce += f"; per token {r['ce_mean_token']:.2f} (held-out {r['heldout_ce_mean_token']:.2f})"
         lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
                      f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
                      f"{r.get('precision', 'fp32')} | {ce} | "
@@ -295,7 +297,8 @@ def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: st
     entry = {**result, "train_minutes": meta.get("train_minutes"), "reused": reused,
              "steps": {s: meta.get(s, {}).get("steps") for s in ("stage1", "stage2")},
              "commit": commit, "created": now(),
-             "ce_per_scale": meta.get("stage2", {}).get("ce_per_scale"),
+             **{k: meta.get("stage2", {}).get(k) for k in ("ce_per_scale", "ce_mean_token",
+                                                            "heldout_ce_mean_token")},
              "precision": meta.get("stage2", {}).get("precision", "fp32"),
              "parameters": engine.model.parameter_counts()["total"],
              "machine": machine(engine.device)}

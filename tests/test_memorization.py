@@ -156,6 +156,43 @@ def test_train_holdout_is_recorded_and_checked(walk, tmp_path):
     assert not m["holdout_unseen"] and m["holdout_fraction"] == 0.1
 
 
+def test_train_scores_the_held_out_windows(walk, tmp_path, capsys):
+    """The stage reports score the held-out windows too: recomputed here in float64 from the
+    trained model (tokens from `Engine.encode`), not via the trainer's report code."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    engine = train(walk, out=tmp_path / "m.pt", preset="xs", overrides=TINY, steps1=40,
+                   steps2=40, batch_size=16, holdout=0.2, progress=True, device="cpu")
+    printed = capsys.readouterr().out
+    s1, s2 = engine.meta["stage1"], engine.meta["stage2"]
+    unit = engine.scaler.to_unit(walk).astype(np.float32)
+    held = split_windows(WindowSet(unit, 24), 0.2)[1].array(np.float64)
+    model = copy.deepcopy(engine.model).double()
+    tokens = [torch.from_numpy(t) for t in engine.encode(held, scale="unit")]
+    x = torch.from_numpy(held) * 2 - 1
+    with torch.no_grad():
+        x_hat = model.vqvae.decode(model.vqvae.quant.decode_indices(tokens))
+        logits = model.gpt(model.vqvae.quant.teacher_inputs(tokens)).double()
+    assert s1["heldout_recon_mse"] == pytest.approx(float(((x_hat - x) ** 2).mean()), rel=1e-4)
+    target = torch.cat(tokens, 1)
+    nll = -F.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]  # (n, L)
+    assert s2["heldout_ce_mean_token"] == pytest.approx(float(nll.mean()), rel=1e-4)
+    per_scale = [float(c.mean()) for c in nll.split(list(engine.cfg.scales), dim=1)]
+    np.testing.assert_allclose(s2["heldout_ce_per_scale"], per_scale, rtol=1e-3)
+    assert s2["heldout_ce_mean_token"] != s2["ce_mean_token"]  # another set than training's
+    assert (f"{s2['ce_mean_token']:.3f} on training windows, {s2['heldout_ce_mean_token']:.3f} "
+            "on held-out windows") in printed
+    assert f"{s1['heldout_recon_mse']:.5f} on held-out windows" in printed
+    # without a holdout nothing is held out, and nothing is reported
+    plain = train(walk, out=tmp_path / "p.pt", preset="xs", overrides=TINY, steps1=5, steps2=3,
+                  batch_size=16, progress=False, device="cpu")
+    assert "heldout_recon_mse" not in plain.meta["stage1"]
+    assert "heldout_ce_mean_token" not in plain.meta["stage2"]
+
+
 def test_memorization_check_skips_data_too_short_to_split(rng):
     windows = WindowSet(rng.random((80, 3)).astype(np.float32), 24)
     m = memorization_check(windows, rng.random((10, 24, 3)), {})

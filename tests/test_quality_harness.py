@@ -65,6 +65,10 @@ def test_quality_quick_on_sines(tmp_path, capsys):
     assert f"| Context-FID | TimeMAR reconstructions (ceiling) | {quality.fmt(c['mean'], c['ci95'])} |" in md
     assert sines["commit"] == report["commit"] and f"`{sines['commit'][:12]}`" in md
     assert len(sines["ce_per_scale"]) == 7
+    # the transformer's fit on its training windows and on the held-out ones
+    held_ce = sines["heldout_ce_mean_token"]
+    assert held_ce > 0 and held_ce != sines["ce_mean_token"]
+    assert f"per token {sines['ce_mean_token']:.2f} (held-out {held_ce:.2f})" in md
     assert sines["machine"].endswith(" threads") and f"| {sines['machine']} |" in md
     assert "| dataset | near-copies (held-out real) | DCR under held-out 5% |" in md
     assert f"| Sines | {100 * mem['near_copies']:.2f}% " in md

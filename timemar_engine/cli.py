@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout", type=holdout_fraction, metavar="FRACTION",
                    help="keep this fraction of the data out of training (the end of up to 10 "
                    "evenly spaced blocks; no window crosses a boundary) so `evaluate` checks "
-                   "memorisation against windows the model never saw (default 0: train on all)")
+                   "memorisation against windows the model never saw; each stage's report "
+                   "(printed, and in `info`) scores them beside the training windows "
+                   "(default 0: train on all)")
     t.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda or cuda:N")
     t.add_argument("--force", action="store_true", help="overwrite an existing --out")

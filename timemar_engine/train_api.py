@@ -102,8 +102,9 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     checkpoint. max_minutes: a time budget for the run (40% stage 1 when both run); a stage
     without steps1 / steps2 trains until its share is spent, one with them stops early if they
     do not fit (3000 steps a stage without either). holdout: the fraction of the data kept out
-    of training (`holdout.split_windows`) for the memorisation check of `evaluate` (default 0:
-    train on every window). precision: stage 2's arithmetic, auto (bf16 where the hardware has
+    of training (`holdout.split_windows`) for the memorisation check of `evaluate`, also scored
+    at the end of each stage (reconstruction error, cross-entropy) beside the training windows
+    (default 0: train on every window). precision: stage 2's arithmetic, auto (bf16 where the hardware has
     it natively), fp32 or bf16."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
@@ -202,6 +203,7 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
                          f"the {ranks.world} processes")
     windows = WindowSet.from_series(series, T, scaler)
     fraction = meta.get("holdout", {}).get("fraction", 0.0) if resume is not None else holdout
+    held = None
     if fraction:
         windows, held = split_windows(windows, fraction)
         meta["holdout"] = {"fraction": fraction, "train_windows": len(windows),
@@ -220,7 +222,7 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
               f"{counts['transformer']:,})")
     trainer = Trainer(model, windows, scaler, columns, tcfg, out, dev, meta,
                       progress=progress, save_every=save_every, on_step=on_step,
-                      overwrite=force or same_file, ranks=ranks)
+                      overwrite=force or same_file, ranks=ranks, held=held)
     trainer.run(stages, state)
     if trainer.stopped_at is None and ranks.lead:
         print(f"saved {out}")

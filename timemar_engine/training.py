@@ -177,12 +177,14 @@ class Trainer:
                  channels: list[str], tcfg: TrainConfig, out: str | Path, device,
                  meta: dict | None = None, progress: bool = True,
                  save_every: float = SAVE_EVERY_S, on_step: OnStep | None = None,
-                 overwrite: bool = True, ranks: Ranks = Ranks()):
+                 overwrite: bool = True, ranks: Ranks = Ranks(), held: WindowSet | None = None):
+        """held: windows kept out of training (`train --holdout`); the stage reports score them
+        too, so a checkpoint shows how much better the model fits its training windows."""
         if not isinstance(windows, WindowSet):  # (N, T, C) windows in [0, 1]
             windows = WindowSet(np.asarray(windows, dtype=np.float32), np.shape(windows)[1])
         self.model, self.windows, self.tcfg = model.to(device), windows, tcfg
         self.out, self.device, self.progress = Path(out), device, progress
-        self.scaler, self.channels = scaler, channels
+        self.scaler, self.channels, self.held = scaler, channels, held
         self.save_every, self.on_step, self.ranks = save_every, on_step, ranks
         self._overwrite = overwrite  # False: the first save refuses a file that appeared meanwhile
         self.meta = meta if meta is not None else {}
@@ -337,11 +339,16 @@ class Trainer:
         if not ranks.lead:
             return
         report = stage1_report(self.model, self.windows, self.device)
+        if self.held is not None:
+            report["heldout_recon_mse"] = stage1_report(self.model, self.held,
+                                                        self.device)["recon_mse"]
         self.meta["stage1"] = {"steps": steps, "codes_revived": revived[0], **report}
         self.save({"stage": 2, "step": 0, **self._common_state()})
         if self.progress:
-            print(f"stage 1: {steps} steps, recon MSE {report['recon_mse']:.5f} (model scale), "
-                  f"perplexity per scale {report['perplexity']}")
+            held = (f", {report['heldout_recon_mse']:.5f} on held-out windows"
+                    if self.held is not None else "")
+            print(f"stage 1: {steps} steps, recon MSE {report['recon_mse']:.5f} (model scale)"
+                  f"{held}, perplexity per scale {report['perplexity']}")
 
     def stage2(self, seconds: float | None, state: dict | None = None) -> None:
         state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
@@ -378,6 +385,10 @@ class Trainer:
         if not self.ranks.lead:
             return
         report = stage2_report(self.model, tokens)
+        if self.held is not None:  # tokenized batch by batch, only the windows scored
+            held = stage2_report(self.model, Tokens(self.model, self.held, self.device, 0))
+            report |= {"heldout_ce_per_scale": held["ce_per_scale"],
+                       "heldout_ce_mean_token": held["ce_mean_token"]}
         self.meta["stage2"] = {"steps": steps, "precision": precision, **report}
         support = ValueSupport.from_dict(self.meta["value_support"])
         if support.masses:
@@ -386,3 +397,6 @@ class Trainer:
         self.save()
         if self.progress:
             print(f"stage 2: {steps} steps, cross-entropy per scale {report['ce_per_scale']}")
+            if self.held is not None:
+                print(f"stage 2: cross-entropy per token {report['ce_mean_token']:.3f} on training "
+                      f"windows, {report['heldout_ce_mean_token']:.3f} on held-out windows")
