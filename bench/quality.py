@@ -189,12 +189,14 @@ def markdown(report: dict) -> str:
               "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
               "samples far above it point at the transformer, near it at the VQ-VAE.", "",
               "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 arithmetic | "
-              "stage-2 cross-entropy per scale (nats) | sampling s | machine | checkpoint | commit, date |",
+              "stage-2 cross-entropy per scale (nats) | sampling s | machine | checkpoint | "
+              "commit, date |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in done.items():
         ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
         if r.get("heldout_ce_mean_token") is not None:
-            ce += f"; per token {r['ce_mean_token']:.2f} (held-out {r['heldout_ce_mean_token']:.2f})"
+            ce += (f"; per token {r['ce_mean_token']:.2f} "
+                   f"(held-out {r['heldout_ce_mean_token']:.2f})")
         lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
                      f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
                      f"{r.get('precision', 'fp32')} | {ce} | "

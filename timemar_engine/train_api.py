@@ -104,8 +104,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     do not fit (3000 steps a stage without either). holdout: the fraction of the data kept out
     of training (`holdout.split_windows`) for the memorisation check of `evaluate`, also scored
     at the end of each stage (reconstruction error, cross-entropy) beside the training windows
-    (default 0: train on every window). precision: stage 2's arithmetic, auto (bf16 where the hardware has
-    it natively), fp32 or bf16."""
+    (default 0: train on every window). precision: stage 2's arithmetic, auto (bf16 where the
+    hardware has it natively), fp32 or bf16."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
 
