@@ -94,10 +94,34 @@ def test_stage_two_settings_may_change_at_the_boundary(walk, tmp_path):
     assert e.meta["stage2"]["steps"] == 12 and e.meta["train_config"]["stage2_steps"] == 12
 
 
+def _default_sigint() -> None:
+    # a test runner started in the background (nohup, `&`) passes SIGINT on ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "timemar_engine", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kw)
+
+
+def test_deferred_signals_keeps_an_ignored_signal_ignored():
+    from timemar_engine.training import deferred_signals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_signals() as got:
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: no stop requested
+            assert got == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            old_term = signal.getsignal(signal.SIGTERM)
+            assert old_term is not signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: deferred to the loop's check
+            time.sleep(0.01)
+            assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -141,12 +141,14 @@ def calibration_samples(model: TimeMAR, device, n: int = 2048, batch: int = 256)
 @contextlib.contextmanager
 def deferred_signals():
     """Within the step loop SIGINT and SIGTERM only set a flag, which the loop checks between
-    steps, so the checkpoint it then writes is a consistent step; a second signal acts at once."""
+    steps, so the checkpoint it then writes is a consistent step; a second signal acts at once.
+    A signal the process ignores (SIGINT under nohup or in a background job) stays ignored."""
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
 
     def restore() -> None:
         for s, h in previous.items():
