@@ -114,8 +114,7 @@ def test_deferred_signals_keeps_an_ignored_signal_ignored():
         with deferred_signals() as got:
             os.kill(os.getpid(), signal.SIGINT)  # ignored: no stop requested
             assert got == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            old_term = signal.getsignal(signal.SIGTERM)
-            assert old_term is not signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGTERM)  # handled: deferred to the loop's check
             time.sleep(0.01)
             assert got == [signal.SIGTERM]
