@@ -11,14 +11,19 @@ still compare with every real window. Each dataset also scores its reconstructio
 windows (the tokenizer's ceiling, `evaluate --reconstruct`).
 
 After the main table (--preset), the ablations and model sizes of VARIANTS (no decomposition,
-no coarse-seasonal guidance, no multi-scale, preset `l`, twice the budget) run on Stocks, ETTh and Energy, into
-the same report (--variants picks them; --variants alone runs none).
+no coarse-seasonal guidance, no multi-scale, preset `l`, twice the budget) run on Stocks, ETTh
+and Energy, into the same report (--variants picks them; --variants alone runs none).
+
+--long makes the long-window report instead, quality_long.{json,md}: ETTh and Energy at
+T = 64, 128 and 256 (the Diffusion-TS paper's Table 2) and ETTh at T = 512, each trained under
+the same budget (seven models: about 4.5 hours at 30 min each on a 2-core CPU).
 
 A report made with the same settings is continued: datasets it already holds are kept (with the
 commit and date that produced them) and only the others run, so the full table, hours of CPU,
 accumulates over several runs of the same command; --redo runs them again.
 
     python bench/quality.py --data-dir ../shared/datasets --train-minutes 30
+    python bench/quality.py --data-dir ../shared/datasets --train-minutes 30 --long
     python bench/quality.py --datasets sines stocks --reuse --redo  # re-score saved checkpoints
     python bench/quality.py --datasets sines --quick --out-dir /tmp/q  # smoke test, ~30 s on CPU
 """
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,56 +46,17 @@ from timemar_engine.backends import resolve_device
 from timemar_engine.engine import Engine
 from timemar_engine.evaluation import evaluate_checkpoint, format_table, write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however it is loaded
+from quality_report import (CEILING_METRICS, LONG_JOBS, NAMES, VARIANT_DATASETS,  # noqa: E402
+                            VARIANTS, markdown)
+
 REPO = Path(__file__).resolve().parent.parent
-NAMES = {"sines": "Sines", "stocks": "Stocks", "etth": "ETTh", "mujoco": "MuJoCo",
-         "energy": "Energy", "fmri": "fMRI"}
-METRIC_NAMES = {"context_fid": "Context-FID", "correlational": "Correlational",
-                "discriminative": "Discriminative", "predictive": "Predictive"}
-OURS, ORIGINAL = "TimeMAR (ours)", "Original (real data)"
-# Diffusion-TS paper, Table 1 (T = 24), mean ± 95% t half-width over 5 repeats, as copied in
-# PROTOCOL.md section 2.6. Columns: sines stocks etth mujoco energy fmri.
-TABLE1 = {
-    ("context_fid", "Diffusion-TS"): "0.006±.000 0.147±.025 0.116±.010 0.013±.001 0.089±.024 0.105±.006",
-    ("correlational", "Diffusion-TS"): "0.015±.004 0.004±.001 0.049±.008 0.193±.027 0.856±.147 1.411±.042",
-    ("discriminative", "Diffusion-TS"): "0.006±.007 0.067±.015 0.061±.009 0.008±.002 0.122±.003 0.167±.023",
-    ("predictive", "Diffusion-TS"): "0.093±.000 0.036±.000 0.119±.002 0.007±.000 0.250±.000 0.099±.000",
-    ("predictive", ORIGINAL): "0.094±.001 0.036±.001 0.121±.005 0.007±.001 0.250±.003 0.090±.001",
-    ("context_fid", "TimeGAN"): "0.101±.014 0.103±.013 0.300±.013 0.563±.052 0.767±.103 1.292±.218",
-    ("discriminative", "TimeGAN"): "0.011±.008 0.102±.021 0.114±.055 0.238±.068 0.236±.012 0.484±.042",
-}
-# Same paper, Table 2 (long windows, Diffusion-TS, means only), PROTOCOL.md section 2.6.
-TABLE2 = {
-    64: {("context_fid", "Diffusion-TS"): {"etth": "0.631", "energy": "0.135"},
-         ("discriminative", "Diffusion-TS"): {"etth": "0.106", "energy": "0.078"}},
-    128: {("context_fid", "Diffusion-TS"): {"etth": "0.787", "energy": "0.087"},
-          ("discriminative", "Diffusion-TS"): {"etth": "0.144", "energy": "0.143"}},
-    256: {("context_fid", "Diffusion-TS"): {"etth": "0.423", "energy": "0.126"},
-          ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
-}
-# Ablations and model size, beside the main table (the --preset column): name -> preset, model
-# overrides, training-budget factor, what it is. Each runs on VARIANT_DATASETS (within --datasets).
-VARIANTS = {
-    "single-path": ("s", {"decomposition": False, "guidance": False}, 1,
-                    "no decomposition: one encoder / decoder path on the window"),
-    "no-guidance": ("s", {"guidance": False}, 1,
-                    "the fine decoder path without the coarse-seasonal prior"),
-    "one-scale": ("s", {"multiscale": False}, 1,
-                  "no multi-scale: one token map of the latent length, predicted token by token"),
-    "l": ("l", {}, 1, "preset `l`, same budget"),
-    "s-2x": ("s", {}, 2, "preset `s`, twice the budget"),
-    "l-2x": ("l", {}, 2, "preset `l`, twice the budget"),
-}
-VARIANT_DATASETS = ("stocks", "etth", "energy")
 # --quick: a tiny model, a few training steps and metric iterations (smoke test only)
 QUICK_TRAIN = ["--steps1", "30", "--steps2", "30", "--batch-size", "16",
                *(f"--set={kv}" for kv in ("hidden=16", "enc_blocks=1", "code_dim=8",
                                           "codebook_size=32", "d_model=32", "n_layer=1",
                                           "n_head=2", "attn_heads=2"))]
 QUICK_ITERATIONS = {"discriminative": 20, "predictive": 20, "context_fid": 5}
-
-
-CEILING_METRICS = ("discriminative", "context_fid")
-CEILING = "TimeMAR reconstructions (ceiling)"
 
 
 def now() -> str:
@@ -108,13 +75,6 @@ def previous_report(path: Path, settings: dict) -> dict:
         print(f"{path}: made with other settings; starting a new report", flush=True)
         return empty
     return {"datasets": old["datasets"], "variants": old.get("variants", {})}
-
-
-def reference(seq_len: int) -> dict[tuple[str, str], dict[str, str]]:
-    """Published numbers for this window length: {(metric, method): {dataset: "mean±h"}}."""
-    if seq_len == 24:
-        return {k: dict(zip(NAMES, row.split())) for k, row in TABLE1.items()}
-    return TABLE2.get(seq_len, {})
 
 
 def machine(device: torch.device) -> str:
@@ -145,117 +105,6 @@ def git_commit() -> str:
                                              ".", ":(exclude)bench/results") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def fmt(mean: float, ci: float | None) -> str:
-    """0.123±.004, the paper's style."""
-    return f"{mean:.3f}" if ci is None else f"{mean:.3f}±{ci:.3f}".replace("±0.", "±.")
-
-
-def markdown(report: dict) -> str:
-    """The results table (metric x method rows, dataset columns) and the training summary."""
-    done = {n: report["datasets"][n] for n in NAMES if n in report["datasets"]}  # table order
-    ref = reference(report["seq_len"])
-    names = list(done)
-    lines = [f"# TimeMAR sample quality, T = {report['seq_len']}", ""]
-    if report["quick"]:
-        lines += ["**Quick smoke run (tiny model, few steps and metric iterations): not a "
-                  "benchmark result.**", ""]
-    repeats = {r["repeats"] for r in done.values()}
-    lines += [f"Preset `{report['preset']}`, seed {report['seed']}, training budget "
-              f"{report['train_minutes_budget']:g} min per dataset, holdout {report['holdout']:g}, "
-              f"last run: commit `{report['commit']}`, device {report['device']}, torch "
-              f"{report['torch']}, {report['created']} (each dataset's commit: below).",
-              f"All windows of each dataset in [0, 1] vs as many generated windows; "
-              f"mean ± 95% t half-width over {'/'.join(map(str, sorted(repeats))) or '?'} "
-              "repeats; lower is better. Reference rows: Diffusion-TS paper, Table 1 (T = 24) "
-              "or Table 2 (T = 64/128/256), copied in PROTOCOL.md section 2.6.", "",
-              "| metric | method | " + " | ".join(NAMES[n] for n in names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    for metric, label in METRIC_NAMES.items():
-        ours = [done[n]["metrics"].get(metric) for n in names]
-        lines.append(f"| {label} | {OURS} | "
-                     + " | ".join(fmt(m["mean"], m["ci95"]) if m else "—" for m in ours) + " |")
-        if metric in CEILING_METRICS and any("ceiling" in done[n] for n in names):
-            cells = [done[n].get("ceiling", {}).get(metric) for n in names]
-            lines.append(f"| {label} | {CEILING} | "
-                         + " | ".join(fmt(m["mean"], m["ci95"]) if m else "—" for m in cells)
-                         + " |")
-        for (m, method), row in ref.items():
-            if m == metric:
-                lines.append(f"| {label} | {method} | "
-                             + " | ".join(row.get(n, "—") for n in names) + " |")
-    lines += ["", f"{CEILING}: the real windows encoded to tokens and decoded "
-              "(`evaluate --reconstruct`), the best the samples could score with this tokenizer; "
-              "samples far above it point at the transformer, near it at the VQ-VAE.", "",
-              "| dataset | windows | train minutes | steps (stage 1 / 2) | stage-2 arithmetic | "
-              "stage-2 cross-entropy per scale (nats) | sampling s | machine | checkpoint | "
-              "commit, date |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for n, r in done.items():
-        ce = " ".join(f"{c:.2f}" for c in r.get("ce_per_scale") or [])
-        if r.get("heldout_ce_mean_token") is not None:
-            ce += (f"; per token {r['ce_mean_token']:.2f} "
-                   f"(held-out {r['heldout_ce_mean_token']:.2f})")
-        lines.append(f"| {NAMES[n]} | {r['n_real']} | {r['train_minutes']} | "
-                     f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
-                     f"{r.get('precision', 'fp32')} | {ce} | "
-                     f"{r['sample_seconds']:.1f} | {r.get('machine', '—')} | "
-                     f"`{Path(r['ckpt']).name}`"
-                     f"{' (reused)' if r['reused'] else ''} | `{r['commit'][:12]}`, "
-                     f"{r['created'][:10]} |")
-    lines += ["", "Memorisation (`evaluate`'s check, `timemar_engine/metrics/memorization.py`), "
-              "against real windows held out of training: near-copies (within RMS 1e-3 of a "
-              "training window; the flag), and the share of generated windows under the held-out "
-              "windows' 5% quantile of the distance to the closest training window (DCR) and of "
-              "that distance over the distance to other held-out windows (NNDR): ~5% for new "
-              "data, towards 100% for copies.", "",
-              "| dataset | near-copies (held-out real) | DCR under held-out 5% | NNDR under "
-              "held-out 5% | held-out windows | flag |", "|---|---|---|---|---|---|"]
-    for n, r in done.items():
-        m = r.get("memorization") or {}
-        if "dcr" not in m:
-            lines.append(f"| {NAMES[n]} | {m.get('skipped', 'not run')} | | | | |")
-            continue
-        seen = "" if m["holdout_unseen"] else " (seen in training)"
-        lines.append(f"| {NAMES[n]} | {100 * m['near_copies']:.2f}% "
-                     f"({100 * m['probe_near_copies']:.2f}%) | "
-                     f"{100 * m['dcr']['below_probe_q05']:.1f}% | "
-                     f"{100 * m['nndr']['below_probe_q05']:.1f}% | "
-                     f"{m['n_reference'] + m['n_probe']}{seen} | "
-                     f"{'SUSPECT' if m['suspect'] else 'ok'} |")
-    lines += variants_markdown(report)
-    if report["skipped"]:
-        lines += ["", "Skipped: " + "; ".join(f"{NAMES[n]} ({why})"
-                                             for n, why in report["skipped"].items())]
-    return "\n".join(lines) + "\n"
-
-
-def variants_markdown(report: dict) -> list[str]:
-    """The ablations and model sizes, each dataset's main-table row first (empty without any)."""
-    variants = report.get("variants") or {}
-    names = [n for n in NAMES if any(n in v for v in variants.values())]
-    if not names:
-        return []
-    lines = ["", "## Ablations and model size", "",
-             "Each variant trained and scored as the main table (same seed, holdout and "
-             "repeats); " + "; ".join(f"`{k}`: {v[3]}" for k, v in VARIANTS.items()) + ".", "",
-             "| dataset | model | parameters | train minutes (budget) | steps (stage 1 / 2) | "
-             + " | ".join(METRIC_NAMES.values()) + " | commit, date |",
-             "|---|---|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
-    for n in names:
-        rows = [(f"`{report['preset']}` (main table)", report["datasets"][n],
-                 report["train_minutes_budget"])] if n in report["datasets"] else []
-        rows += [(f"`{v}`", variants[v][n], variants[v][n]["train_minutes_budget"])
-                 for v in VARIANTS if n in variants.get(v, {})]
-        for label, r, budget in rows:
-            cells = [fmt(m["mean"], m["ci95"]) if (m := r["metrics"].get(k)) else "—"
-                     for k in METRIC_NAMES]
-            params = f"{r['parameters'] / 1e6:.2f}M" if "parameters" in r else "—"
-            lines.append(f"| {NAMES[n]} | {label} | {params} | {r['train_minutes']} ({budget:g}) | "
-                         f"{r['steps']['stage1']} / {r['steps']['stage2']} | "
-                         + " | ".join(cells) + f" | `{r['commit'][:12]}`, {r['created'][:10]} |")
-    return lines
 
 
 def train(name: str, ckpt: Path, args: argparse.Namespace, preset: str, overrides: dict,
@@ -323,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"datasets, in table order (default: {' '.join(NAMES)})")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="s", help="model size (default s)")
     ap.add_argument("--seq-len", type=int, default=24, help="window length T (default 24)")
+    ap.add_argument("--long", action="store_true",
+                    help="the long-window report instead, quality_long.{json,md}: "
+                    + ", ".join(f"{NAMES[n]} T={T}" for n, T in LONG_JOBS)
+                    + " (those of --datasets; --seq-len and --variants do not apply)")
     ap.add_argument("--train-minutes", type=float, default=30.0,
                     help="training budget per dataset, passed to train --max-minutes (default 30)")
     ap.add_argument("--data-dir", type=Path, help="folder holding the dataset files (default: "
@@ -358,37 +211,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
-    settings = {"preset": args.preset, "seed": args.seed, "seq_len": args.seq_len,
+    settings = {"preset": args.preset, "seed": args.seed,
+                "seq_len": None if args.long else args.seq_len,
                 "quick": args.quick, "train_minutes_budget": args.train_minutes,
                 "holdout": args.holdout, "repeats": args.repeats}
-    json_path = args.out_dir / f"quality_T{args.seq_len}.json"
+    json_path = args.out_dir / f"quality_{'long' if args.long else f'T{args.seq_len}'}.json"
     md_path = json_path.with_suffix(".md")
     report = previous_report(json_path, settings)
     report.update(settings, skipped={}, commit=git_commit(), device=str(resolve_device(args.device)),
                   torch=torch.__version__, created=now())
-    for name in args.datasets:
+    # (variant, dataset, T, report key), in run order
+    if args.long:
+        jobs = [(None, n, T, f"{n}_T{T}") for n, T in LONG_JOBS if n in args.datasets]
+    else:
+        jobs = [(None, n, args.seq_len, n) for n in args.datasets]
+        jobs += [(v, n, args.seq_len, n) for v in args.variants for n in args.datasets
+                 if n in VARIANT_DATASETS]
+    for name in dict.fromkeys(n for _, n, *_ in jobs):
         try:
-            load_dataset(name, args.data_dir, seq_len=args.seq_len)
+            load_dataset(name, args.data_dir, seq_len=max(T for _, n, T, _ in jobs if n == name))
         except DataError as e:
             print(f"{name}: skipped: {e}", flush=True)
             report["skipped"][name] = str(e)
-    ok = [n for n in args.datasets if n not in report["skipped"]]
-    jobs = [(None, n) for n in ok] + [(v, n) for v in args.variants for n in ok
-                                      if n in VARIANT_DATASETS]
+    jobs = [j for j in jobs if j[1] not in report["skipped"]]
     if not args.redo:
-        for v, n in list(jobs):
-            kept = (report["variants"].get(v, {}) if v else report["datasets"]).get(n)
+        for job in list(jobs):
+            v, key = job[0], job[3]
+            kept = (report["variants"].get(v, {}) if v else report["datasets"]).get(key)
             if kept:
-                print(f"{n}{f' ({v})' if v else ''}: kept from commit {kept['commit'][:12]} "
+                print(f"{key}{f' ({v})' if v else ''}: kept from commit {kept['commit'][:12]} "
                       f"({kept['created']}); --redo runs it again", flush=True)
-                jobs.remove((v, n))
-    for i, (variant, name) in enumerate(jobs, 1):
-        entry = run_one(name, variant, args, report["commit"], f"[{i}/{len(jobs)}] {name}"
+                jobs.remove(job)
+    for i, (variant, name, seq_len, key) in enumerate(jobs, 1):
+        entry = run_one(name, variant, argparse.Namespace(**{**vars(args), "seq_len": seq_len}),
+                        report["commit"], f"[{i}/{len(jobs)}] {key}"
                         + (f" ({variant})" if variant else ""))
         if variant:
-            report["variants"].setdefault(variant, {})[name] = entry
+            report["variants"].setdefault(variant, {})[key] = entry
         else:
-            report["datasets"][name] = entry
+            report["datasets"][key] = entry
         write_json(report, json_path, overwrite=True)
         md_path.write_text(markdown(report))
     if not report["datasets"] and not report["variants"]:

@@ -22,7 +22,8 @@ from timemar_engine.data import WindowSet, load_dataset
 from timemar_engine.engine import Engine
 from timemar_engine.holdout import split_windows
 from timemar_engine.model import TimeMAR
-from timemar_engine.training import Tokens, Trainer, stage2_report
+from timemar_engine.stage_data import Tokens, stage2_report
+from timemar_engine.training import Trainer
 
 
 def pairs(items: list[str]) -> dict:

@@ -10,7 +10,7 @@ from timemar_engine.gpt import block_causal_mask
 from timemar_engine.model import TimeMAR
 from timemar_engine.quantizer import nearest_code
 from timemar_engine.sampling import filter_logits, generate
-from timemar_engine.training import tokenize, to_model_scale
+from timemar_engine.stage_data import tokenize, to_model_scale
 
 
 @pytest.mark.parametrize("T", [24, 64, 37])
@@ -177,7 +177,8 @@ def test_long_windows_shapes(T):
 
 def test_stage1_training_reduces_reconstruction_error_on_real_data(datasets_dir):
     from timemar_engine.config import TrainConfig
-    from timemar_engine.training import Trainer, stage1_report
+    from timemar_engine.stage_data import stage1_report
+    from timemar_engine.training import Trainer
 
     from timemar_engine.data import WindowSet
 

@@ -11,7 +11,7 @@ from timemar_engine.engine import Engine
 from timemar_engine.fast_sampling import FastSampler
 from timemar_engine.model import TimeMAR
 from timemar_engine.sampling import generate
-from timemar_engine.training import per_scale_ce, split_scales
+from timemar_engine.stage_data import per_scale_ce, split_scales
 
 
 def one_map_model(seed: int = 0, **kw) -> TimeMAR:

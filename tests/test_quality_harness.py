@@ -28,6 +28,7 @@ def load_quality():
 
 def test_quality_quick_on_sines(tmp_path, capsys):
     quality = load_quality()
+    import quality_report
     out = tmp_path / "results"
     rc = quality.main(["--quick", "--datasets", "sines", "stocks", "--data-dir",
                        str(tmp_path / "no-data"), "--repeats", "2", "--device", "cpu",
@@ -62,7 +63,7 @@ def test_quality_quick_on_sines(tmp_path, capsys):
     assert set(ceiling) == {"discriminative", "context_fid"}
     assert all(len(m["runs"]) == 2 for m in ceiling.values())
     c = ceiling["context_fid"]
-    assert f"| Context-FID | TimeMAR reconstructions (ceiling) | {quality.fmt(c['mean'], c['ci95'])} |" in md
+    assert f"| Context-FID | TimeMAR reconstructions (ceiling) | {quality_report.fmt(c['mean'], c['ci95'])} |" in md
     assert sines["commit"] == report["commit"] and f"`{sines['commit'][:12]}`" in md
     assert len(sines["ce_per_scale"]) == 7
     # the transformer's fit on its training windows and on the held-out ones
@@ -96,7 +97,9 @@ def test_quality_report_accumulates_over_runs(tmp_path, capsys, monkeypatch):
 
 
 def test_quality_reference_matches_protocol_table():
-    ref = load_quality().reference(24)
+    load_quality()  # puts bench/ on the path for its report module
+    import quality_report
+    ref = quality_report.reference(24)
     assert len(ref) == 7 and all(len(row) == 6 for row in ref.values())
     assert ref[("correlational", "Diffusion-TS")]["fmri"] == "1.411±.042"
     assert ref[("context_fid", "TimeGAN")]["mujoco"] == "0.563±.052"
@@ -224,3 +227,45 @@ def test_quality_tables_keep_the_table_order_whatever_the_run_order(tmp_path, da
     md = (out / "quality_T24.md").read_text()
     assert "| metric | method | Sines | Stocks |" in md
     assert md.index("| Sines | 10 |") < md.index("| Stocks | 10 |")  # training summary
+
+
+def test_quality_long_windows_one_command(tmp_path, monkeypatch, rng):
+    """--long trains and scores every (dataset, T) of the long-window report into
+    quality_long.{json,md}, ETTh's and Energy's columns beside Diffusion-TS's Table 2."""
+    quality = load_quality()
+    data = tmp_path / "data"
+    data.mkdir()
+    for file in ("ETTh.csv", "energy_data.csv"):
+        frame = pd.DataFrame(rng.normal(size=(600, 3)).cumsum(0), columns=["a", "b", "c"])
+        frame.insert(0, "date", "2016-07-01 00:00:00")
+        frame.to_csv(data / file, index=False)
+    calls = []
+
+    def fake_run(name, variant, args, commit, tag):
+        calls.append((name, args.seq_len))
+        return {**fake_runner([])(name, variant, args, commit, tag),
+                "metrics": {k: {"mean": args.seq_len / 1000, "ci95": 0.01, "runs": [0.1]}
+                            for k in METRICS}}
+
+    monkeypatch.setattr(quality, "run_one", fake_run)
+    out = tmp_path / "results"
+    base = ["--long", "--data-dir", str(data), "--out-dir", str(out), "--quiet"]
+    assert quality.main(base) == 0
+    assert calls == [("etth", 64), ("etth", 128), ("etth", 256), ("energy", 64),
+                     ("energy", 128), ("energy", 256), ("etth", 512)]
+    assert not (out / "quality_T24.json").exists()
+    report = json.loads((out / "quality_long.json").read_text())
+    assert report["seq_len"] is None and list(report["datasets"])[0] == "etth_T64"
+    md = (out / "quality_long.md").read_text()
+    assert "# TimeMAR sample quality, long windows (T = 64, 128, 256, 512)" in md
+    assert ("| metric | method | ETTh T=64 | ETTh T=128 | ETTh T=256 | ETTh T=512 | Energy T=64 "
+            "| Energy T=128 | Energy T=256 |") in md
+    assert ("| Discriminative | TimeMAR (ours) | 0.064±.010 | 0.128±.010 | 0.256±.010 | "
+            "0.512±.010 | 0.064±.010 |") in md
+    assert "| Discriminative | Diffusion-TS | 0.106 | 0.144 | 0.060 | — | 0.078 | 0.143 | 0.290 |" in md
+    assert "| Context-FID | Diffusion-TS | 0.631 | 0.787 | 0.423 | — | 0.135 | 0.087 | 0.126 |" in md
+    assert "| ETTh T=512 | 10 |" in md  # the training summary
+    calls.clear()
+    assert quality.main([*base, "--datasets", "energy"]) == 0 and calls == []  # all kept
+    assert quality.main([*base, "--datasets", "energy", "--redo"]) == 0
+    assert calls == [("energy", 64), ("energy", 128), ("energy", 256)]

@@ -10,7 +10,7 @@ import torch
 from timemar_engine import TrainConfig, backends, train
 from timemar_engine.cli import main as cli_main
 from timemar_engine.gpt import ScaleGPT
-from timemar_engine.training import per_scale_ce
+from timemar_engine.stage_data import per_scale_ce
 
 from conftest import tiny_config
 

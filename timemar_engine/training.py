@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backends import resolve_train_precision, train_autocast
@@ -24,105 +23,11 @@ from .model import TimeMAR
 from .quantizer import perplexity
 from .sampling import generate
 from .schedule import EpochOrder, StepBudget
+from .stage_data import (Latents, Tokens, model_batch, per_scale_ce, split_scales,
+                         stage1_report, stage2_report)
 from .value_support import ValueSupport
 
 SAVE_EVERY_S = 120.0
-# stage reports score at most this many (evenly spaced) windows; the stage-2 one costs a full
-# transformer pass per window (about 20 s for 4096 windows of preset s on 2 cores)
-REPORT_WINDOWS = {1: 4096, 2: 1024}
-
-
-def to_model_scale(windows_unit: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(windows_unit, dtype=np.float32)) * 2 - 1
-
-
-def model_batch(windows: WindowSet, idx, device) -> torch.Tensor:
-    """Windows idx of the set in model scale [-1, 1], on device."""
-    return to_model_scale(windows.gather(np.asarray(idx))).to(device)
-
-
-def report_indices(n: int, limit: int) -> np.ndarray:
-    """All n windows, or `limit` evenly spaced ones."""
-    return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(np.int64)
-
-
-@torch.no_grad()
-def stage1_report(model: TimeMAR, windows: WindowSet, device, batch: int = 1024) -> dict:
-    """Reconstruction MSE (model scale) and per-scale codebook perplexity / usage."""
-    vq = model.vqvae.eval()
-    idx = report_indices(len(windows), REPORT_WINDOWS[1])
-    se, count, idx_all = 0.0, 0, [[] for _ in model.cfg.scales]
-    for i in range(0, len(idx), batch):
-        x = model_batch(windows, idx[i:i + batch], device)
-        indices = vq.quant.encode(vq.latent(x))
-        x_hat = vq.decode(vq.quant.decode_indices(indices))
-        se, count = se + float(((x_hat - x) ** 2).sum()), count + x.numel()
-        for k, ix in enumerate(indices):
-            idx_all[k].append(ix.cpu())
-    stats = [perplexity(torch.cat(v), model.cfg.codebook_size) for v in idx_all]
-    return {"recon_mse": se / count, "windows": len(idx),
-            "perplexity": [round(p, 2) for p, _ in stats],
-            "usage": [round(u, 3) for _, u in stats]}
-
-
-@torch.no_grad()
-def tokenize(model: TimeMAR, data: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
-    """Model-scale windows (N, T, C) as flat token sequences (N, L)."""
-    vq = model.vqvae.eval()
-    out = [torch.cat(vq.tokenize(data[i:i + batch].to(device)), 1).cpu()
-           for i in range(0, len(data), batch)]
-    return torch.cat(out)
-
-
-class Tokens:
-    """Stage-2 targets: the token sequences (L,) of windows by index.
-
-    When the stage draws at least as many windows as the set holds, all are tokenized once into
-    an int16 table (in fixed chunks, so the table is the same in every run); otherwise each batch
-    is tokenized when drawn, so neither time nor memory grows with the series beyond what the
-    stage uses."""
-
-    def __init__(self, model: TimeMAR, windows: WindowSet, device, draws: int | None):
-        """draws: how many windows the stage will draw (None: not known in advance)."""
-        self.model, self.windows, self.device = model, windows, device
-        n, self.table = len(windows), None
-        if draws is None or n <= draws:
-            self.table = torch.cat([self._compute(np.arange(i, min(i + 1024, n)))
-                                    for i in range(0, n, 1024)]).to(torch.int16)
-
-    @torch.no_grad()
-    def _compute(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.cat(self.model.vqvae.tokenize(model_batch(self.windows, idx, self.device)),
-                         1).cpu()
-
-    def __call__(self, idx) -> torch.Tensor:
-        idx = np.asarray(idx)
-        t = self.table[torch.from_numpy(idx)].long() if self.table is not None else self._compute(idx)
-        return t.to(self.device)
-
-
-def split_scales(tokens: torch.Tensor, scales: tuple[int, ...]) -> list[torch.Tensor]:
-    return list(tokens.split(list(scales), dim=1))
-
-
-def per_scale_ce(logits: torch.Tensor, targets: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
-    """Mean cross-entropy of each scale (K,)."""
-    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, L)
-    return torch.stack([c.mean() for c in ce.split(list(scales), dim=1)])
-
-
-@torch.no_grad()
-def stage2_report(model: TimeMAR, tokens: Tokens, batch: int = 512) -> dict:
-    model.gpt.eval()
-    scales, total = model.cfg.scales, torch.zeros(len(model.cfg.scales))
-    idx = report_indices(len(tokens.windows), REPORT_WINDOWS[2])
-    for i in range(0, len(idx), batch):
-        t = tokens(idx[i:i + batch])
-        inputs = model.vqvae.quant.teacher_inputs(split_scales(t, scales))
-        total += per_scale_ce(model.gpt(inputs), t, scales).cpu() * len(t)
-    ce = (total / len(idx)).tolist()
-    return {"windows": len(idx), "ce_per_scale": [round(c, 4) for c in ce],
-            "ce_mean_token": float(sum(c * s for c, s in zip(ce, scales)) / sum(scales))}
 
 
 class StopRequested(Exception):
@@ -356,8 +261,9 @@ class Trainer:
         state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
         self.model.vqvae.eval()
         steps2 = tcfg.steps(2)
-        tokens = Tokens(self.model, self.windows, self.device,
-                        None if steps2 is None else steps2 * tcfg.batch_size)
+        draws = None if steps2 is None else steps2 * tcfg.batch_size
+        tokens = Tokens(self.model, self.windows, self.device, draws)
+        latents = Latents(self.model, self.windows, self.device, draws) if tcfg.token_noise else None
         scales, device = self.model.cfg.scales, torch.device(self.device)
         # a resumed stage keeps the arithmetic it started with, wherever it continues
         precision = state.get("precision") or resolve_train_precision(tcfg.precision, device)
@@ -368,9 +274,13 @@ class Trainer:
         net = self.ranks.wrap(gpt)
 
         def step_fn(idx, step, total):
-            t = tokens(idx)
             with torch.no_grad():
-                inputs = quant.teacher_inputs(split_scales(t, scales))
+                if latents is None:
+                    t = tokens(idx)
+                    inputs = quant.teacher_inputs(split_scales(t, scales))
+                else:
+                    targets, drawn = quant.encode_corrupted(latents(idx), tcfg.token_noise)
+                    t, inputs = torch.cat(targets, 1), quant.teacher_inputs(drawn)
             with train_autocast(precision, device):
                 logits = net(inputs)
             ce = per_scale_ce(logits.float(), t, scales)
