@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli_checks import (OneLineParser, UsageError, check_ckpt_arg, device_name,
                          holdout_fraction, int_at_least, output_format, positive_float,
-                         positive_int, probability, seed_value, unit_fraction)
+                         positive_int, probability, seed_value)
 from .cli_evaluate import add_parser as add_evaluate_parser, cmd_evaluate
 from .cli_export import add_parser as add_export_parser, cmd_export
 
@@ -26,7 +26,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS, TrainConfig
+    from .config import PRESETS
     from .value_support import MAX_LEVELS, MIN_MASS
 
     p = OneLineParser(
@@ -91,11 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 2's arithmetic: bf16 autocast (fp32 weights and optimizer) or "
                    "fp32; auto (default) is bf16 on CUDA and on CPUs with native bf16 "
                    "(AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slow")
-    t.add_argument("--token-noise", type=unit_fraction, metavar="FRACTION",
-                   help="stage 2's self-correcting teacher forcing: replace this fraction of "
-                   "each scale's input tokens by random codes and train the later scales to "
-                   "correct the error, as they must when sampling (default %s)" %
-                   TrainConfig.token_noise)
     t.add_argument("--holdout", type=holdout_fraction, metavar="FRACTION",
                    help="keep this fraction of the data out of training (the end of up to 10 "
                    "evenly spaced blocks; no window crosses a boundary) so `evaluate` checks "
@@ -189,7 +184,7 @@ def cmd_train(args) -> int:
           overrides=parse_overrides(args.set), resume=args.resume, stage=args.stage,
           steps1=args.steps1, steps2=args.steps2, batch_size=args.batch_size, lr1=args.lr1,
           lr2=args.lr2, seed=args.seed, max_minutes=args.max_minutes, precision=args.precision,
-          token_noise=args.token_noise, device=args.device, data_dir=args.data_dir, variable=args.variable, nan=args.nan,
+          device=args.device, data_dir=args.data_dir, variable=args.variable, nan=args.nan,
           header=args.header, non_numeric=args.non_numeric, holdout=args.holdout, force=args.force,
           progress=not args.quiet)
     return 0

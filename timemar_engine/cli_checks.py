@@ -51,11 +51,6 @@ def probability(text: str) -> float:
     return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")  # NaN fails too
 
 
-def unit_fraction(text: str) -> float:
-    """A number in [0, 1]."""
-    return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-
-
 def holdout_fraction(text: str) -> float:
     """A number in [0, 0.5] (0: hold nothing out)."""
     return _number(text, float, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]")

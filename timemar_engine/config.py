@@ -15,7 +15,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, None), "stage1_steps": (0, None), "stage2_steps": (0, None),
     "lr1": (1e-12, 10), "lr2": (1e-12, 10), "weight_decay": (0, None), "warmup": (0, None),
     "grad_clip": (1e-12, None), "max_minutes": (1e-6, None), "dead_code_every": (1, None),
-    "log_every": (1, None), "token_noise": (0, 1),
+    "log_every": (1, None),
 }
 # the allowed values of string fields
 CHOICES: dict[str, tuple[str, ...]] = {"precision": ("auto", "fp32", "bf16")}
@@ -228,10 +228,6 @@ class TrainConfig:
     # stage 2's arithmetic: bf16 autocast (fp32 weights, optimizer and loss) or fp32; auto is
     # bf16 where the hardware runs it natively (`backends.resolve_train_precision`)
     precision: str = "auto"
-    # stage 2's self-correcting teacher forcing: the fraction of each scale's tokens replaced by
-    # random codes before the later scales are quantized from what is left (0: plain teacher
-    # forcing on the clean token maps)
-    token_noise: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)

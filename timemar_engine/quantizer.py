@@ -95,24 +95,6 @@ class MultiScaleQuantizer(nn.Module):
             indices.append(idx)
         return indices
 
-    @torch.no_grad()
-    def encode_corrupted(self, f: torch.Tensor,
-                         p: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Self-correcting token maps of f for teacher forcing: at each scale the nearest codes
-        (the targets) and those codes with a fraction p replaced by uniformly drawn ones (what
-        the later scales are built on). Each scale's targets quantize the residual left by the
-        corrupted earlier scales, so the transformer learns to correct its own sampling errors
-        instead of only seeing perfect prefixes. Draws from the global torch RNG."""
-        f_rest, targets, used = f.clone(), [], []
-        for k, s in enumerate(self.scales):
-            idx = self.lookup(area_resize(f_rest, s))
-            flip = torch.rand(idx.shape, device=idx.device) < p
-            drawn = torch.where(flip, torch.randint_like(idx, self.size), idx)
-            f_rest -= self.embed(drawn, k)
-            targets.append(idx)
-            used.append(drawn)
-        return targets, used
-
     def decode_indices(self, indices: list[torch.Tensor]) -> torch.Tensor:
         """f_hat from token maps: sum of phi_k(up(codebook[idx_k]))."""
         return sum(self.embed(idx, k) for k, idx in enumerate(indices))

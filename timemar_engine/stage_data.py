@@ -64,15 +64,13 @@ class Tokens:
     is tokenized when drawn, so neither time nor memory grows with the series beyond what the
     stage uses."""
 
-    stored, used = torch.int16, torch.long  # the table's dtype, and what __call__ returns
-
     def __init__(self, model: TimeMAR, windows: WindowSet, device, draws: int | None):
         """draws: how many windows the stage will draw (None: not known in advance)."""
         self.model, self.windows, self.device = model, windows, device
         n, self.table = len(windows), None
         if draws is None or n <= draws:
             self.table = torch.cat([self._compute(np.arange(i, min(i + 1024, n)))
-                                    for i in range(0, n, 1024)]).to(self.stored)
+                                    for i in range(0, n, 1024)]).to(torch.int16)
 
     @torch.no_grad()
     def _compute(self, idx: np.ndarray) -> torch.Tensor:
@@ -82,18 +80,7 @@ class Tokens:
     def __call__(self, idx) -> torch.Tensor:
         idx = np.asarray(idx)
         t = self.table[torch.from_numpy(idx)] if self.table is not None else self._compute(idx)
-        return t.to(self.device, self.used)
-
-
-class Latents(Tokens):
-    """The VQ-VAE's fused latents f (Cz, T') of windows by index, for self-correcting teacher
-    forcing (`TrainConfig.token_noise`), which quantizes them anew at every step."""
-
-    stored = used = torch.float32
-
-    @torch.no_grad()
-    def _compute(self, idx: np.ndarray) -> torch.Tensor:
-        return self.model.vqvae.latent(model_batch(self.windows, idx, self.device)).cpu()
+        return t.to(self.device, torch.long)
 
 
 def split_scales(tokens: torch.Tensor, scales: tuple[int, ...]) -> list[torch.Tensor]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
 DATA_DEFAULTS = {"nan": "error", "header": True, "non_numeric": "error"}
 # training fields that may change on resume at a stage boundary, by the stage they belong to
-LATER_STAGE_FIELDS = {2: ("stage2_steps", "lr2", "max_minutes", "precision", "token_noise")}
+LATER_STAGE_FIELDS = {2: ("stage2_steps", "lr2", "max_minutes", "precision")}
 
 
 class TrainError(ValueError):
@@ -55,8 +55,7 @@ def _check_resume_conflicts(path, meta: dict, cfg: ModelConfig, state: dict | No
                             given: dict, preset: str | None, overrides: dict, seq_len) -> dict:
     """The stored training settings, updated by `given` where allowed; conflicts are errors."""
     stored = dict(meta.get("train_config", {}))
-    stored.setdefault("precision", "fp32")  # runs from before the options trained in fp32,
-    stored.setdefault("token_noise", 0.0)  # on clean token maps
+    stored.setdefault("precision", "fp32")  # runs from before the option trained in fp32
     at_boundary = state is not None and int(state.get("step", 0)) == 0
     changeable = LATER_STAGE_FIELDS.get(state.get("stage"), ()) if at_boundary and state else ()
     for key, value in given.items():
@@ -85,8 +84,7 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
           resume: str | os.PathLike | None = None, stage: str = "both",
           steps1: int | None = None, steps2: int | None = None, batch_size: int | None = None,
           lr1: float | None = None, lr2: float | None = None, seed: int | None = None,
-          max_minutes: float | None = None, precision: str | None = None,
-          token_noise: float | None = None, device: str = "auto",
+          max_minutes: float | None = None, precision: str | None = None, device: str = "auto",
           data_dir: str | os.PathLike | None = None, variable: str | None = None,
           nan: str | None = None, header: bool | None = None, non_numeric: str | None = None,
           holdout: float | None = None, force: bool = False, progress: bool = True,
@@ -107,8 +105,7 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
     of training (`holdout.split_windows`) for the memorisation check of `evaluate`, also scored
     at the end of each stage (reconstruction error, cross-entropy) beside the training windows
     (default 0: train on every window). precision: stage 2's arithmetic, auto (bf16 where the
-    hardware has it natively), fp32 or bf16. token_noise: the fraction of tokens stage 2's
-    self-correcting teacher forcing replaces by random codes (`TrainConfig.token_noise`)."""
+    hardware has it natively), fp32 or bf16."""
     kw = {k: v for k, v in locals().items() if k != "data"}  # the arguments, as given
     import torch.distributed as dist
 
@@ -130,9 +127,8 @@ def train(data, *, out: str | os.PathLike = "model.pt", seq_len: int | None = No
 
 
 def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage, steps1, steps2,
-           batch_size, lr1, lr2, seed, max_minutes, precision, token_noise, device, data_dir,
-           variable, nan, header, non_numeric, holdout, force, progress, save_every,
-           on_step) -> "Engine":
+           batch_size, lr1, lr2, seed, max_minutes, precision, device, data_dir, variable, nan,
+           header, non_numeric, holdout, force, progress, save_every, on_step) -> "Engine":
     from .engine import Engine
 
     progress = progress and ranks.lead
@@ -155,7 +151,7 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
     overrides = dict(overrides or {})
     given = {"stage1_steps": steps1, "stage2_steps": steps2, "batch_size": batch_size,
              "lr1": lr1, "lr2": lr2, "seed": seed, "max_minutes": max_minutes,
-             "precision": precision, "token_noise": token_noise}
+             "precision": precision}
     opts_given = {"nan": nan, "header": header, "non_numeric": non_numeric}
     state = None
     if resume is not None:

@@ -23,7 +23,7 @@ from .model import TimeMAR
 from .quantizer import perplexity
 from .sampling import generate
 from .schedule import EpochOrder, StepBudget
-from .stage_data import (Latents, Tokens, model_batch, per_scale_ce, split_scales,
+from .stage_data import (Tokens, model_batch, per_scale_ce, split_scales,
                          stage1_report, stage2_report)
 from .value_support import ValueSupport
 
@@ -261,9 +261,8 @@ class Trainer:
         state, tcfg, gpt, quant = state or {}, self.tcfg, self.model.gpt, self.model.vqvae.quant
         self.model.vqvae.eval()
         steps2 = tcfg.steps(2)
-        draws = None if steps2 is None else steps2 * tcfg.batch_size
-        tokens = Tokens(self.model, self.windows, self.device, draws)
-        latents = Latents(self.model, self.windows, self.device, draws) if tcfg.token_noise else None
+        tokens = Tokens(self.model, self.windows, self.device,
+                        None if steps2 is None else steps2 * tcfg.batch_size)
         scales, device = self.model.cfg.scales, torch.device(self.device)
         # a resumed stage keeps the arithmetic it started with, wherever it continues
         precision = state.get("precision") or resolve_train_precision(tcfg.precision, device)
@@ -274,13 +273,9 @@ class Trainer:
         net = self.ranks.wrap(gpt)
 
         def step_fn(idx, step, total):
+            t = tokens(idx)
             with torch.no_grad():
-                if latents is None:
-                    t = tokens(idx)
-                    inputs = quant.teacher_inputs(split_scales(t, scales))
-                else:
-                    targets, drawn = quant.encode_corrupted(latents(idx), tcfg.token_noise)
-                    t, inputs = torch.cat(targets, 1), quant.teacher_inputs(drawn)
+                inputs = quant.teacher_inputs(split_scales(t, scales))
             with train_autocast(precision, device):
                 logits = net(inputs)
             ce = per_scale_ce(logits.float(), t, scales)
