@@ -16,7 +16,8 @@ and Energy, into the same report (--variants picks them; --variants alone runs n
 
 --long makes the long-window report instead, quality_long.{json,md}: ETTh and Energy at
 T = 64, 128 and 256 (the Diffusion-TS paper's Table 2) and ETTh at T = 512, each trained under
-the same budget (seven models: about 4.5 hours at 30 min each on a 2-core CPU).
+the same budget (seven models: about 45 min each with scoring at 30 min of training on a
+2-core CPU, 5-6 hours in all).
 
 A report made with the same settings is continued: datasets it already holds are kept (with the
 commit and date that produced them) and only the others run, so the full table, hours of CPU,
