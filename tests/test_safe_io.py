@@ -287,7 +287,13 @@ def test_killed_sample_leaves_no_file(tmp_path, sig, rc, word):
     try:
         def temp_in_use():  # the real temp file (the early write probe is empty)
             return any(p.name.startswith(".big.npy.") and p.name.endswith(".tmp")
-                       and p.stat().st_size > 0 for p in out.iterdir())
+                       and size(p) > 0 for p in out.iterdir())
+
+        def size(path):  # the write probe may vanish between the listing and the stat
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
 
         wait_for(temp_in_use, proc)
         code, err = stop(proc, sig)
