@@ -16,8 +16,9 @@ and Energy, into the same report (--variants picks them; --variants alone runs n
 
 --long makes the long-window report instead, quality_long.{json,md}: ETTh and Energy at
 T = 64, 128 and 256 (the Diffusion-TS paper's Table 2) and ETTh at T = 512, each trained under
-the same budget (seven models: about 45 min each with scoring at 30 min of training on a
-2-core CPU, 5-6 hours in all).
+the same budget (30 min of training each on a 2-core CPU; scoring the samples and the
+reconstructions then took about 15 min at ETTh T = 64, and over 50 min at ETTh T = 256 and at
+Energy T = 64 with other work on the cores: count on 8-10 hours in all).
 
 A report made with the same settings is continued: datasets it already holds are kept (with the
 commit and date that produced them) and only the others run, so the full table, hours of CPU,
