@@ -2,8 +2,9 @@
 first k token maps come from real windows and the rest from the transformer.
 
 For each k in --prefixes, every real window is encoded to its K token maps; a random permutation
-of them supplies the first k maps, the transformer draws maps k..K-1 scale by scale (its KV cache
-filled with the real prefix, as `sampling.generate` fills it with its own draws), and the decoded
+of them supplies the first k maps, the transformer draws maps k..K-1 scale by scale (token by token
+at causal scales; its KV cache filled with the real prefix, as `sampling.generate` fills it with
+its own draws), and the decoded
 windows are scored against all real windows (protocol Discriminative score, --seeds repeats).
 k = 0 is plain sampling, k = K the reconstructions. --temperatures sets one temperature per scale.
 
@@ -32,18 +33,28 @@ def draw_after_prefix(engine: Engine, prefix: list[torch.Tensor], k_real: int,
     model = engine.model
     gpt, quant, scales = model.gpt, model.vqvae.quant, model.cfg.scales
     batch = len(prefix[0])
+    whole = len(scales) - model.cfg.causal_scales
     gpt.setup_cache(batch)
     try:
-        f_hat, inputs, out = None, None, []
-        for k in range(len(scales)):
-            logits = gpt.step(inputs, k, batch)
-            idx = prefix[k] if k < k_real else sample_tokens(logits.float(), generator,
-                                                              temperature=temperatures[k])
+        f_hat, out, step = None, [], 0
+        for k, s in enumerate(scales):
+            coarse = None if k == 0 else area_resize(f_hat, s).transpose(1, 2)
+            if k < whole:  # the whole map in one step
+                logits = gpt.step(None if k == 0 else quant.gpt_inputs(coarse), step, batch)
+                idx = prefix[k] if k < k_real else sample_tokens(logits.float(), generator,
+                                                                  temperature=temperatures[k])
+                step += 1
+            else:  # a causal scale, token by token
+                previous, tokens = torch.zeros_like(coarse[:, :1]), []
+                for t in range(s):
+                    logits = gpt.step(quant.gpt_inputs(coarse[:, t:t + 1], previous), step, batch)
+                    tokens.append(prefix[k][:, t:t + 1] if k < k_real else sample_tokens(
+                        logits.float(), generator, temperature=temperatures[k]))
+                    previous, step = quant.codebook(tokens[-1]), step + 1
+                idx = torch.cat(tokens, 1)
             h = quant.embed(idx, k)
             f_hat = h if f_hat is None else f_hat + h
             out.append(idx.cpu().numpy())
-            if k + 1 < len(scales):
-                inputs = area_resize(f_hat, scales[k + 1]).transpose(1, 2)
     finally:
         gpt.setup_cache(None)
     return out
@@ -65,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2048, help="windows per sampling batch")
     args = ap.parse_args(argv)
     engine = Engine.load(args.ckpt, device="cpu")
+    if not engine.cfg.multiscale:
+        ap.error("a one-map model (multiscale=false) has no scales to take from real windows")
     K = len(engine.cfg.scales)
     temps = args.temperatures or [1.0] * K
     if len(temps) != K or any(not 0 <= k <= K for k in args.prefixes):

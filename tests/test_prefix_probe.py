@@ -2,6 +2,7 @@
 import importlib.util
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import REPO, tiny_config
@@ -19,15 +20,16 @@ def load_probe():
     return mod
 
 
-def tiny_engine(tmp_path, rng) -> Engine:
-    model = TimeMAR(tiny_config())
+def tiny_engine(tmp_path, rng, causal_scales: int = 0) -> Engine:
+    model = TimeMAR(tiny_config(causal_scales=causal_scales))
     scaler = MinMaxScaler(np.zeros(3), np.ones(3))
     save_checkpoint(tmp_path / "m.pt", model, scaler, ["a", "b", "c"], {})
     return Engine.load(tmp_path / "m.pt", device="cpu")
 
 
-def test_prefix_probe_matches_reference_and_keeps_prefix(tmp_path, rng):
-    probe, engine = load_probe(), tiny_engine(tmp_path, rng)
+@pytest.mark.parametrize("causal_scales", [0, 2])
+def test_prefix_probe_matches_reference_and_keeps_prefix(tmp_path, rng, causal_scales):
+    probe, engine = load_probe(), tiny_engine(tmp_path, rng, causal_scales)
     K, B = len(engine.cfg.scales), 16
     real = rng.uniform(0, 1, size=(B, 24, 3))
     prefix = [torch.as_tensor(t) for t in engine.encode(real, scale="unit")]

@@ -237,7 +237,9 @@ def cmd_info(args) -> int:
     print(f"checkpoint  {info['path']}")
     print(f"data        {meta.get('dataset', '?')}: T={info['seq_len']}, C={len(info['channels'])} "
           f"({', '.join(info['channels'][:8])}{', ...' if len(info['channels']) > 8 else ''})")
-    order = "next-scale" if info["config"]["multiscale"] else "one map, token by token"
+    causal = info["config"].get("causal_scales", 0)
+    order = ("one map, token by token" if not info["config"]["multiscale"] else "next-scale"
+             + (f", the finest {causal} token by token" if causal else ""))
     print(f"scales      {info['scales']} ({sum(info['scales'])} tokens, {order}), codebook "
           f"{info['config']['codebook_size']} x {info['config']['code_dim']}")
     print(f"backend     {info['backend']} on {info['device']}, {info['precision']} transformer "

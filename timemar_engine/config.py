@@ -11,7 +11,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "enc_blocks": (1, None), "code_dim": (1, None), "codebook_size": (2, 32767),
     "phi_convs": (1, None), "phi_alpha": (0, 1), "attn_heads": (1, None), "beta": (0, None),
     "w_components": (0, None), "w_fft": (0, None), "d_model": (1, None), "n_layer": (1, None),
-    "n_head": (1, None), "dropout": (0, 0.999),
+    "n_head": (1, None), "dropout": (0, 0.999), "causal_scales": (0, None),
     "batch_size": (1, None), "stage1_steps": (0, None), "stage2_steps": (0, None),
     "lr1": (1e-12, 10), "lr2": (1e-12, 10), "weight_decay": (0, None), "warmup": (0, None),
     "grad_clip": (1e-12, None), "max_minutes": (1e-6, None), "dead_code_every": (1, None),
@@ -102,6 +102,9 @@ class ModelConfig:
     guidance: bool = True  # False: the fine decoder path without the coarse-seasonal prior
     # False: one token map of the latent length, predicted token by token (raster order)
     multiscale: bool = True
+    # the finest causal_scales token maps are drawn token by token (each token from the coarser
+    # maps and the earlier tokens of its own map) instead of all at once; 0: next-scale throughout
+    causal_scales: int = 0
     # losses
     beta: float = 0.25
     w_components: float = 0.5
@@ -129,9 +132,17 @@ class ModelConfig:
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        """The tokens the transformer predicts together, step by step: the scales, or one token
-        at a time for a single map."""
-        return self.scales if self.multiscale else (1,) * self.latent_len
+        """The tokens the transformer predicts together, step by step: the scales (the causal
+        ones one token at a time), or one token at a time for a single map."""
+        if not self.multiscale:
+            return (1,) * self.latent_len
+        whole = len(self.scales) - self.causal_scales
+        return self.scales[:whole] + (1,) * sum(self.scales[whole:])
+
+    @property
+    def next_scale(self) -> bool:
+        """Whether every token map is drawn at once (what the engine backend samples)."""
+        return self.multiscale and not self.causal_scales
 
     @property
     def n_downsample(self) -> int:
@@ -151,6 +162,13 @@ class ModelConfig:
         if not self.multiscale and len(s) != 1:
             raise ValueError(f"multiscale=false predicts one token map token by token: scales "
                              f"must have one entry (or be left empty), got {list(s)}")
+        if self.causal_scales and not self.multiscale:
+            raise ValueError("causal_scales applies to next-scale models; a one-map model "
+                             "(multiscale=false) is drawn token by token already")
+        if self.causal_scales > len(s) - 1:
+            raise ValueError(f"causal_scales must be at most the number of scales less one "
+                             f"({len(s) - 1}: the first map is drawn at once), got "
+                             f"{self.causal_scales}")
         if any(b <= a for a, b in zip(s, s[1:])) or s[0] < 1:
             raise ValueError(f"scales must be strictly increasing positive lengths, got {list(s)}")
         if any(k < 1 for k in self.trend_kernels) or not self.trend_kernels:

@@ -88,7 +88,7 @@ class FastSampler:
     def __init__(self, model: TimeMAR, device: torch.device, precision: str = "auto"):
         self.model, self.device = model, device
         self.cfg = cfg = model.cfg
-        if not cfg.multiscale:
+        if not cfg.next_scale:
             raise ValueError(backends.engine_unavailable_reason(device, False))
         self.precision = backends.resolve_precision(precision, device, cfg.d_model)
         self.int8 = self.precision == "int8"

@@ -67,8 +67,9 @@ class Block(nn.Module):
 
 
 class ScaleGPT(nn.Module):
-    """Predicts the tokens of scale k from the accumulated reconstruction of scales < k; with one
-    map (multiscale false), token t from the codes of tokens < t (`cfg.blocks`: one per step)."""
+    """Predicts the tokens of scale k from the accumulated reconstruction of scales < k (at a
+    causal scale, token by token, also from the earlier tokens' codes); with one map (multiscale
+    false), token t from the codes of tokens < t (`cfg.blocks`: the tokens of each step)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -78,7 +79,8 @@ class ScaleGPT(nn.Module):
         for s in cfg.blocks:
             self.offsets.append(self.offsets[-1] + s)
         self.start_token = nn.Parameter(torch.randn(1, cfg.blocks[0], d) * 0.02)
-        self.word_embed = nn.Linear(cfg.code_dim, d)
+        # with causal scales each input also carries the previous token's code (gpt_inputs)
+        self.word_embed = nn.Linear(cfg.code_dim * (2 if cfg.causal_scales else 1), d)
         self.pos_embed = nn.Parameter(torch.randn(1, L, d) * 0.02)
         self.lvl_embed = nn.Embedding(len(cfg.scales), d)
         nn.init.normal_(self.lvl_embed.weight, std=0.02)

@@ -39,9 +39,10 @@ def nearest_code(r: torch.Tensor, codebook: torch.Tensor, cosine: bool) -> torch
 
 class MultiScaleQuantizer(nn.Module):
     def __init__(self, scales: tuple[int, ...], dim: int, size: int, n_phi: int, alpha: float,
-                 beta: float, cosine: bool):
+                 beta: float, cosine: bool, causal_scales: int = 0):
         super().__init__()
         self.scales, self.dim, self.size = tuple(scales), dim, size
+        self.causal_scales = causal_scales
         self.beta, self.cosine = beta, cosine
         self.codebook = nn.Embedding(size, dim)
         nn.init.uniform_(self.codebook.weight, -1 / size, 1 / size)
@@ -99,17 +100,34 @@ class MultiScaleQuantizer(nn.Module):
         """f_hat from token maps: sum of phi_k(up(codebook[idx_k]))."""
         return sum(self.embed(idx, k) for k, idx in enumerate(indices))
 
+    def gpt_inputs(self, coarse: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Transformer inputs from the coarser maps' reconstruction at a scale's positions
+        (B, s, Cz); with causal scales, each position also gets the code of the token before it
+        in its own map (`previous`, B, s, Cz; zeros for the first token and for whole scales)."""
+        if not self.causal_scales:
+            return coarse
+        return torch.cat([coarse, torch.zeros_like(coarse) if previous is None else previous], -1)
+
+    def previous_codes(self, idx: torch.Tensor) -> torch.Tensor:
+        """For each token of a map idx (B, s): the code of the token before it, zeros first."""
+        codes = self.codebook(idx[:, :-1])
+        return torch.cat([codes.new_zeros(codes.shape[0], 1, self.dim), codes], 1)
+
     def teacher_inputs(self, indices: list[torch.Tensor]) -> torch.Tensor:
-        """Transformer inputs for scales 2..K: area_down(f_hat_{<k}, s_k) -> (B, L - s_1, Cz);
-        for a single map, predicted token by token: the codes of tokens 1..T'-1 (B, T' - 1, Cz)."""
+        """Transformer inputs for scales 2..K: area_down(f_hat_{<k}, s_k) -> (B, L - s_1, Cz),
+        with `gpt_inputs`' previous codes at the causal scales; for a single map, predicted
+        token by token: the codes of tokens 1..T'-1 (B, T' - 1, Cz)."""
         if len(self.scales) == 1:
             return self.codebook(indices[0][:, :-1])
-        f_hat, parts = None, []
-        for k in range(len(self.scales) - 1):
+        K, f_hat, parts = len(self.scales), None, []
+        for k in range(K - 1):
             h = self.embed(indices[k], k)
             f_hat = h if f_hat is None else f_hat + h
-            parts.append(area_resize(f_hat, self.scales[k + 1]))
-        return torch.cat(parts, dim=2).transpose(1, 2)
+            coarse = area_resize(f_hat, self.scales[k + 1]).transpose(1, 2)
+            causal = k + 1 >= K - self.causal_scales
+            parts.append(self.gpt_inputs(coarse, self.previous_codes(indices[k + 1])
+                                         if causal else None))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def restart_dead_codes(self, min_usage: float = 1.0) -> int:

@@ -78,8 +78,9 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, **fil
 def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              return_indices: bool = False):
-    """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale (or token
-    by token for a one-map model); return_indices: also the token maps, one per scale."""
+    """Sample `batch` windows (B, T, C) in the model's [-1, 1] scale, scale by scale (token by
+    token at causal scales and for a one-map model); return_indices: also the token maps, one
+    per scale."""
     if not is_integer(batch) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     filters = check_filters(temperature, top_k, top_p)
@@ -88,14 +89,25 @@ def generate(model: TimeMAR, batch: int, generator: torch.Generator | None = Non
     gpt.setup_cache(batch)
     try:
         if model.cfg.multiscale:
-            f_hat, inputs, indices = None, None, []
+            f_hat, indices, step = None, [], 0
+            whole = len(scales) - model.cfg.causal_scales
             for k, s in enumerate(scales):
-                idx = sample_tokens(gpt.step(inputs, k, batch), generator, **filters)
+                coarse = None if k == 0 else area_resize(f_hat, s).transpose(1, 2)
+                if k < whole:  # the whole map at once
+                    inputs = None if k == 0 else quant.gpt_inputs(coarse)
+                    idx = sample_tokens(gpt.step(inputs, step, batch), generator, **filters)
+                    step += 1
+                else:  # token by token, each input carrying the previous token's code
+                    previous, tokens = torch.zeros_like(coarse[:, :1]), []
+                    for t in range(s):
+                        inputs = quant.gpt_inputs(coarse[:, t:t + 1], previous)
+                        tokens.append(sample_tokens(gpt.step(inputs, step, batch), generator,
+                                                    **filters))
+                        previous, step = quant.codebook(tokens[-1]), step + 1
+                    idx = torch.cat(tokens, 1)
                 h = quant.embed(idx, k)
                 f_hat = h if f_hat is None else f_hat.add_(h)
                 indices.append(idx)
-                if k + 1 < len(scales):
-                    inputs = area_resize(f_hat, scales[k + 1]).transpose(1, 2)
         else:  # one map in raster order: each token's input is the previous token's code
             inputs, tokens = None, []
             for t in range(scales[0]):

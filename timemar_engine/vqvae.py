@@ -139,7 +139,8 @@ class DualPathVQVAE(nn.Module):
             self.fine_enc = FineEncoder(cfg)
         self.fuse = nn.Conv1d((3 if cfg.decomposition else 1) * h, cfg.code_dim, 1)
         self.quant = MultiScaleQuantizer(cfg.scales, cfg.code_dim, cfg.codebook_size, cfg.phi_convs,
-                                         cfg.phi_alpha, cfg.beta, cfg.cosine_codes)
+                                         cfg.phi_alpha, cfg.beta, cfg.cosine_codes,
+                                         cfg.causal_scales)
         self.decoder = Decoder(cfg)
 
     def _coarse_path(self, x: torch.Tensor, path: int) -> torch.Tensor:
