@@ -80,32 +80,31 @@ def _triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" and triton_available()
 
 
-def engine_unavailable_reason(device: torch.device, next_scale: bool = True) -> str | None:
-    """Why the engine backend cannot run a model (next_scale: its config's, every map drawn at
-    once) on device, or None."""
-    if not next_scale:
-        return ("the engine samples next-scale models; this one (multiscale=false or "
-                "causal_scales > 0) samples token by token on the eager backend")
+def engine_unavailable_reason(device: torch.device, multiscale: bool = True) -> str | None:
+    """Why the engine backend cannot run a model (multiscale: its config's) on device, or None."""
+    if not multiscale:
+        return ("the engine samples next-scale models; a one-map model (multiscale=false) "
+                "samples token by token on the eager backend")
     if device.type == "cuda" and not triton_available():
         return "the engine on CUDA needs triton: pip install 'timemar-engine[gpu]'"
     return None
 
 
-def available_backends(device: torch.device, next_scale: bool = True) -> list[str]:
-    return ["eager"] + ([] if engine_unavailable_reason(device, next_scale) else ["engine"])
+def available_backends(device: torch.device, multiscale: bool = True) -> list[str]:
+    return ["eager"] + ([] if engine_unavailable_reason(device, multiscale) else ["engine"])
 
 
-def resolve_backend(backend: str, device: torch.device, next_scale: bool = True) -> str:
-    """'auto' -> the fastest correct backend for device and the model (next_scale: its
+def resolve_backend(backend: str, device: torch.device, multiscale: bool = True) -> str:
+    """'auto' -> the fastest correct backend for device and the model (multiscale: its
     config's); unknown or unusable names are errors."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    reason = engine_unavailable_reason(device, next_scale)
+    reason = engine_unavailable_reason(device, multiscale)
     if backend == "auto":
         return "engine" if reason is None else "eager"
     if backend == "engine" and reason:
         raise ValueError(f"backend 'engine' cannot run this model on {device}: {reason}; "
-                         f"available here: {', '.join(available_backends(device, next_scale))}")
+                         f"available here: {', '.join(available_backends(device, multiscale))}")
     return backend
 
 

@@ -140,11 +140,6 @@ class ModelConfig:
         return self.scales[:whole] + (1,) * sum(self.scales[whole:])
 
     @property
-    def next_scale(self) -> bool:
-        """Whether every token map is drawn at once (what the engine backend samples)."""
-        return self.multiscale and not self.causal_scales
-
-    @property
     def n_downsample(self) -> int:
         """Number of stride-2 stages taking T to T'."""
         return (self.seq_len // self.latent_len).bit_length() - 1

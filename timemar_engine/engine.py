@@ -103,7 +103,7 @@ class Engine:
         dev = resolve_device(device)
         path = Path(path) if path is not None else default_checkpoint()
         model, scaler, channels, meta, _ = load_checkpoint(path, dev)
-        backend = backends.resolve_backend(backend, dev, model.cfg.next_scale)
+        backend = backends.resolve_backend(backend, dev, model.cfg.multiscale)
         if backend == "eager" and precision not in ("auto", "fp32"):  # the engine checks its own
             raise ValueError(f"precision {precision!r}: the eager backend computes in the model's "
                              "fp32 (auto or fp32); int8 needs backend='engine'")
@@ -141,7 +141,7 @@ class Engine:
             "backend": self.backend,
             "decoder": self.decoder,
             "precision": self.precision,
-            "backends_available": backends.available_backends(self.device, self.cfg.next_scale),
+            "backends_available": backends.available_backends(self.device, self.cfg.multiscale),
             "triton": backends.triton_available(),
             "extension": extension.status(),
             "seq_len": self.cfg.seq_len,

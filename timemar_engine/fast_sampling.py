@@ -1,4 +1,5 @@
-"""The engine's sampling loop: next-scale sampling with preallocated buffers and static shapes.
+"""The engine's sampling loop: next-scale sampling with preallocated buffers and static shapes
+(the finest `causal_scales` maps token by token).
 
 Same model and distribution as `sampling.generate`, computed differently:
 - scale 1 is the start token alone, so its logits and keys/values are computed once for one row
@@ -79,6 +80,8 @@ class _Buffers:
         self.v = torch.empty_like(self.k)
         self.tmp = torch.empty(batch * s_max, 4 * d, **kw)  # GELU scratch
         self.f_hat = torch.empty(batch, cfg.code_dim, cfg.scales[-1], device=device)
+        # causal scales: the coarse part of a scale's inputs, projected once for all its tokens
+        self.x_coarse = torch.empty(batch * s_max, d, **kw) if cfg.causal_scales else None
         self.int8 = Int8Scratch(batch * s_max, 4 * d, device) if int8 else None
 
 
@@ -88,7 +91,7 @@ class FastSampler:
     def __init__(self, model: TimeMAR, device: torch.device, precision: str = "auto"):
         self.model, self.device = model, device
         self.cfg = cfg = model.cfg
-        if not cfg.next_scale:
+        if not cfg.multiscale:
             raise ValueError(backends.engine_unavailable_reason(device, False))
         self.precision = backends.resolve_precision(precision, device, cfg.d_model)
         self.int8 = self.precision == "int8"
@@ -96,7 +99,9 @@ class FastSampler:
         self.ops = backends.extension_ops(device)  # None: the PyTorch path
         gpt = model.gpt
         self.w = [self._block_weights(b) for b in gpt.blocks]
-        self.offsets = gpt.offsets
+        self.offsets = [0]  # first position of each scale
+        for s in cfg.scales:
+            self.offsets.append(self.offsets[-1] + s)
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.attention = backends.cached_attention_for(device)
         self.gelu = gelu_tanh_ if device.type == "cpu" else _gelu_tanh_aten
@@ -104,7 +109,11 @@ class FastSampler:
         self.decoder = backends.engine_decoder(model.vqvae.decoder, device)
         # per-position additive embedding (pos + level), in the transformer dtype
         self.pos = (gpt.pos_embed[0] + gpt.lvl_embed(gpt.level)).to(self.gpt_dtype).detach()
-        self.word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
+        # the input projection; with causal scales its second half takes the previous token's code
+        word_w = gpt.word_embed.weight.detach().to(self.gpt_dtype)
+        self.word_w = word_w[:, :cfg.code_dim].contiguous()
+        self.prev_w = word_w[:, cfg.code_dim:].contiguous()
+        self.codes = model.vqvae.quant.codebook.weight.detach().to(self.gpt_dtype)
         self.word_b = gpt.word_embed.bias.detach().to(self.gpt_dtype)
         self.start = gpt.start_token[0].detach().to(self.gpt_dtype)
         self.ln_f, self.head = gpt.ln_f, gpt.head  # logits in fp32
@@ -194,21 +203,27 @@ class FastSampler:
         buf.v[:, :, :, :s0] = one.v[:, :, :, :s0]
         logits0 = filter_logits(self._logits(x0), **filters)
         f_hat, indices, ops, nxt = None, [], self.ops, None
+        whole = len(scales) - cfg.causal_scales
         if ops is not None:
             f_hat = buf.f_hat[:b].zero_()
         for k, s in enumerate(scales):
             with backends.nvtx_range(f"scale {k}"):
-                if k == 0:
-                    logits = logits0.expand(b, s, -1).reshape(b * s, -1)
+                if k >= whole:  # token by token
+                    idx = self._causal_scale(buf, b, k, nxt if ops else area_resize(f_hat, s),
+                                             uniforms, filters)
                 else:
-                    x = buf.x[:b * s]
-                    inp = (nxt if ops else area_resize(f_hat, s)).transpose(1, 2).reshape(b * s, -1)
-                    torch.addmm(self.word_b, inp.to(self.gpt_dtype), self.word_w.t(), out=x)
-                    x.view(b, s, d).add_(self.pos[off[k]:off[k + 1]])
-                    self._layers(x, buf, off[k], off[k + 1])
-                    logits = filter_logits(self._logits(x), **filters)
-                u = uniforms[:, off[k]:off[k + 1]].reshape(-1)
-                idx = draw_from_logits(logits, u).view(b, s)
+                    if k == 0:
+                        logits = logits0.expand(b, s, -1).reshape(b * s, -1)
+                    else:
+                        x = buf.x[:b * s]
+                        inp = nxt if ops else area_resize(f_hat, s)
+                        inp = inp.transpose(1, 2).reshape(b * s, -1).to(self.gpt_dtype)
+                        torch.addmm(self.word_b, inp, self.word_w.t(), out=x)
+                        x.view(b, s, d).add_(self.pos[off[k]:off[k + 1]])
+                        self._layers(x, buf, off[k], off[k + 1])
+                        logits = filter_logits(self._logits(x), **filters)
+                    u = uniforms[:, off[k]:off[k + 1]].reshape(-1)
+                    idx = draw_from_logits(logits, u).view(b, s)
                 indices.append(idx)
                 if ops is not None:
                     phi = quant.phis[quant.phi_of_scale[k]]
@@ -220,6 +235,26 @@ class FastSampler:
                     f_hat = h if f_hat is None else f_hat.add_(h)
         with backends.nvtx_range("decode"):
             return self.decode(f_hat, affine), indices
+
+    def _causal_scale(self, buf: _Buffers, b: int, k: int, coarse: torch.Tensor,
+                      uniforms: torch.Tensor, filters: dict) -> torch.Tensor:
+        """Scale k's tokens one by one: each input is the coarse maps' reconstruction at its
+        position (coarse, b x Cz x s, projected once) plus the previous token's code."""
+        s, d, p = coarse.shape[2], self.cfg.d_model, self.offsets[k]
+        xc = buf.x_coarse[:b * s]
+        inp = coarse.transpose(1, 2).reshape(b * s, -1).to(self.gpt_dtype)
+        torch.addmm(self.word_b, inp, self.word_w.t(), out=xc)
+        xc = xc.view(b, s, d).add_(self.pos[p:p + s])
+        idx = torch.empty(b, s, dtype=torch.long, device=self.device)
+        x = buf.x[:b]
+        for t in range(s):
+            x.copy_(xc[:, t])
+            if t:
+                x.addmm_(self.codes[idx[:, t - 1]], self.prev_w.t())
+            self._layers(x, buf, p + t, p + t + 1)
+            logits = filter_logits(self._logits(x), **filters)
+            idx[:, t] = draw_from_logits(logits, uniforms[:, p + t])
+        return idx
 
     def decode(self, f_hat: torch.Tensor, affine: tuple | None = None) -> torch.Tensor:
         """f_hat -> windows (B, T, C): the exported decoder when set, else the PyTorch decoder

@@ -227,6 +227,6 @@ def _train(data, ranks: Ranks, *, out, seq_len, preset, overrides, resume, stage
     if trainer.stopped_at is None and ranks.lead:
         print(f"saved {out}")
     engine = Engine(model.eval(), scaler, columns, trainer.meta, dev,
-                    resolve_backend("auto", dev, model.cfg.next_scale), out)
+                    resolve_backend("auto", dev, model.cfg.multiscale), out)
     engine.stopped_at = trainer.stopped_at
     return engine
