@@ -35,6 +35,23 @@ def tiny_config(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
+def train_tiny(folder: Path, rng: np.random.Generator, **overrides) -> Path:
+    """A tiny_config-sized model with model-field overrides, trained 10 + 10 steps on a
+    3-channel series (two sines and a random walk): its checkpoint."""
+    from timemar_engine.train_api import train
+
+    t = np.arange(2000)
+    series = np.stack([np.sin(t / 7), np.cos(t / 11), rng.normal(size=2000).cumsum() / 30], 1)
+    np.save(folder / "series.npy", series)
+    sizes = {k: v for k, v in tiny_config().to_dict().items()
+             if k in ("hidden", "enc_blocks", "code_dim", "codebook_size", "d_model", "n_layer",
+                      "n_head", "attn_heads")}
+    ckpt = folder / "m.pt"
+    train(str(folder / "series.npy"), out=ckpt, preset="xs", overrides={**sizes, **overrides},
+          steps1=10, steps2=10, batch_size=16, device="cpu", progress=False)
+    return ckpt
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_config, train_tiny
 from timemar_engine import backends
 from timemar_engine.config import ModelConfig
 from timemar_engine.engine import Engine
@@ -101,18 +101,7 @@ def test_stage2_loss_is_the_token_cross_entropy():
 
 
 def test_engine_refuses_and_auto_picks_eager(tmp_path, rng):
-    from timemar_engine.train_api import train
-
-    t = np.arange(2000)
-    series = np.stack([np.sin(t / 7), np.cos(t / 11), rng.normal(size=2000).cumsum() / 30], 1)
-    np.save(tmp_path / "series.npy", series)
-    overrides = {k: v for k, v in tiny_config().to_dict().items()
-                 if k in ("hidden", "enc_blocks", "code_dim", "codebook_size", "d_model",
-                          "n_layer", "n_head", "attn_heads")}
-    ckpt = tmp_path / "m.pt"
-    train(str(tmp_path / "series.npy"), out=ckpt, preset="xs",
-          overrides={**overrides, "multiscale": False}, steps1=10, steps2=10, batch_size=16,
-          device="cpu", progress=False)
+    ckpt = train_tiny(tmp_path, rng, multiscale=False)
     engine = Engine.load(ckpt, device="cpu")
     assert engine.backend == "eager" and not engine.cfg.multiscale
     assert engine.info()["backends_available"] == ["eager"]
