@@ -50,7 +50,7 @@ from timemar_engine.evaluation import evaluate_checkpoint, format_table, write_j
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however it is loaded
 from quality_report import (CEILING_METRICS, LONG_JOBS, NAMES, VARIANT_DATASETS,  # noqa: E402
-                            VARIANTS, markdown)
+                            VARIANTS, markdown, variant_datasets)
 
 REPO = Path(__file__).resolve().parent.parent
 # --quick: a tiny model, a few training steps and metric iterations (smoke test only)
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="NAME",
                     default=list(VARIANTS),
                     help="ablations and model sizes run after the main table, on "
-                    f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets): "
+                    f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets; s-causal on "
+                    "all): "
                     + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items())
                     + " (default: all; --variants alone: none)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         jobs = [(None, n, args.seq_len, n) for n in args.datasets]
         jobs += [(v, n, args.seq_len, n) for v in args.variants for n in args.datasets
-                 if n in VARIANT_DATASETS]
+                 if n in variant_datasets(v)]
     for name in dict.fromkeys(n for _, n, *_ in jobs):
         try:
             load_dataset(name, args.data_dir, seq_len=max(T for _, n, T, _ in jobs if n == name))

@@ -30,7 +30,8 @@ TABLE2 = {
           ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
 }
 # Ablations and model size, beside the main table (the --preset column): name -> preset, model
-# overrides, training-budget factor, what it is. Each runs on VARIANT_DATASETS (within --datasets).
+# overrides, training-budget factor, what it is. Each runs on variant_datasets(name) (within
+# --datasets): VARIANT_DATASETS, or every dataset for a candidate for the main table's preset.
 VARIANTS = {
     "single-path": ("s", {"decomposition": False, "guidance": False}, 1,
                     "no decomposition: one encoder / decoder path on the window"),
@@ -41,8 +42,17 @@ VARIANTS = {
     "l": ("l", {}, 1, "preset `l`, same budget"),
     "s-2x": ("s", {}, 2, "preset `s`, twice the budget"),
     "l-2x": ("l", {}, 2, "preset `l`, twice the budget"),
+    "s-causal": ("s", {"causal_scales": 6}, 1,
+                 "preset `s` with every token map but the first drawn token by token "
+                 "(`causal_scales=6`), on all six datasets"),
 }
 VARIANT_DATASETS = ("stocks", "etth", "energy")
+ALL_DATASET_VARIANTS = ("s-causal",)
+
+
+def variant_datasets(variant: str) -> tuple[str, ...]:
+    """The datasets a variant runs on (those of them in --datasets)."""
+    return tuple(NAMES) if variant in ALL_DATASET_VARIANTS else VARIANT_DATASETS
 # --long: (dataset, T) in run and table order: Table 2's lengths, and ETTh at 512 as a stress test
 LONG_JOBS = (("etth", 64), ("etth", 128), ("etth", 256), ("energy", 64), ("energy", 128),
              ("energy", 256), ("etth", 512))
