@@ -12,7 +12,8 @@ windows (the tokenizer's ceiling, `evaluate --reconstruct`).
 
 After the main table (--preset), the ablations and model sizes of VARIANTS (no decomposition,
 no coarse-seasonal guidance, no multi-scale, preset `l`, twice the budget) run on Stocks, ETTh
-and Energy, into the same report (--variants picks them; --variants alone runs none).
+and Energy, and `s-causal` (token maps drawn token by token) on all six, into the same report
+(--variants picks them; --variants alone runs none).
 
 --long makes the long-window report instead, quality_long.{json,md}: ETTh and Energy at
 T = 64, 128 and 256 (the Diffusion-TS paper's Table 2) and ETTh at T = 512, each trained under

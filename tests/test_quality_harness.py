@@ -213,6 +213,10 @@ def test_quality_variants_run_after_the_main_table(tmp_path, datasets_dir, monke
     assert quality.main([*base, "--variants", "no-guidance", "single-path"]) == 0
     assert calls == [("single-path", "stocks")]  # the rest kept
     assert quality.main([*base, "--variants"]) == 0 and calls == [("single-path", "stocks")]
+    calls.clear()  # the candidate preset runs on every dataset, the ablations on three
+    assert quality.main([*base, "--variants", "s-causal", "l"]) == 0
+    assert calls == [("s-causal", "sines"), ("s-causal", "stocks")]
+    assert "| Sines | `s-causal` |" in (out / "quality_T24.md").read_text()
 
 
 def test_quality_tables_keep_the_table_order_whatever_the_run_order(tmp_path, datasets_dir,
