@@ -53,6 +53,8 @@ ALL_DATASET_VARIANTS = ("s-causal",)
 def variant_datasets(variant: str) -> tuple[str, ...]:
     """The datasets a variant runs on (those of them in --datasets)."""
     return tuple(NAMES) if variant in ALL_DATASET_VARIANTS else VARIANT_DATASETS
+
+
 # --long: (dataset, T) in run and table order: Table 2's lengths, and ETTh at 512 as a stress test
 LONG_JOBS = (("etth", 64), ("etth", 128), ("etth", 256), ("energy", 64), ("energy", 128),
              ("energy", 256), ("etth", 512))
