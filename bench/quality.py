@@ -11,9 +11,9 @@ still compare with every real window. Each dataset also scores its reconstructio
 windows (the tokenizer's ceiling, `evaluate --reconstruct`).
 
 After the main table (--preset), the ablations and model sizes of VARIANTS (no decomposition,
-no coarse-seasonal guidance, no multi-scale, preset `l`, twice the budget) run on Stocks, ETTh
-and Energy, and `s-causal` (token maps drawn token by token) on all six, into the same report
-(--variants picks them; --variants alone runs none).
+no coarse-seasonal guidance, no multi-scale, every token map drawn at once, preset `l`, twice the
+budget) run on Stocks, ETTh and Energy into the same report (--variants picks them; --variants
+alone runs none).
 
 --long makes the long-window report instead, quality_long.{json,md}: ETTh and Energy at
 T = 64, 128 and 256 (the Diffusion-TS paper's Table 2) and ETTh at T = 512, each trained under
@@ -23,7 +23,9 @@ Energy T = 64 with other work on the cores: count on 8-10 hours in all).
 
 A report made with the same settings is continued: datasets it already holds are kept (with the
 commit and date that produced them) and only the others run, so the full table, hours of CPU,
-accumulates over several runs of the same command; --redo runs them again.
+accumulates over several runs of the same command; --redo runs them again. An entry whose
+recorded model config differs from the one its preset and overrides give now (a changed preset
+default) is run again.
 
     python bench/quality.py --data-dir ../shared/datasets --train-minutes 30
     python bench/quality.py --data-dir ../shared/datasets --train-minutes 30 --long
@@ -43,7 +45,7 @@ from pathlib import Path
 import torch
 
 from timemar_engine import cli
-from timemar_engine.config import PRESETS
+from timemar_engine.config import PRESETS, preset as preset_config
 from timemar_engine.data import NAMED, DataError, load_dataset
 from timemar_engine.backends import resolve_device
 from timemar_engine.engine import Engine
@@ -51,14 +53,14 @@ from timemar_engine.evaluation import evaluate_checkpoint, format_table, write_j
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however it is loaded
 from quality_report import (CEILING_METRICS, LONG_JOBS, NAMES, VARIANT_DATASETS,  # noqa: E402
-                            VARIANTS, markdown, variant_datasets)
+                            VARIANTS, markdown)
 
 REPO = Path(__file__).resolve().parent.parent
 # --quick: a tiny model, a few training steps and metric iterations (smoke test only)
+QUICK_MODEL = dict(hidden=16, enc_blocks=1, code_dim=8, codebook_size=32, d_model=32, n_layer=1,
+                   n_head=2, attn_heads=2)
 QUICK_TRAIN = ["--steps1", "30", "--steps2", "30", "--batch-size", "16",
-               *(f"--set={kv}" for kv in ("hidden=16", "enc_blocks=1", "code_dim=8",
-                                          "codebook_size=32", "d_model=32", "n_layer=1",
-                                          "n_head=2", "attn_heads=2"))]
+               *(f"--set={k}={v}" for k, v in QUICK_MODEL.items())]
 QUICK_ITERATIONS = {"discriminative": 20, "predictive": 20, "context_fid": 5}
 
 
@@ -78,6 +80,17 @@ def previous_report(path: Path, settings: dict) -> dict:
         print(f"{path}: made with other settings; starting a new report", flush=True)
         return empty
     return {"datasets": old["datasets"], "variants": old.get("variants", {})}
+
+
+def stale_config(entry: dict, variant: str | None, args: argparse.Namespace, seq_len: int) -> bool:
+    """Whether an entry's recorded model config (entries before 2026-12-08 have none) differs
+    from the config its preset and overrides give now."""
+    if "config" not in entry:
+        return False
+    name, overrides = VARIANTS[variant][:2] if variant else (args.preset, {})
+    overrides = {**overrides, **(QUICK_MODEL if args.quick else {})}
+    now = preset_config(name, seq_len, entry["config"]["channels"], overrides)
+    return now.to_dict() != entry["config"]
 
 
 def machine(device: torch.device) -> str:
@@ -155,6 +168,7 @@ def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: st
                                                             "heldout_ce_mean_token")},
              "precision": meta.get("stage2", {}).get("precision", "fp32"),
              "parameters": engine.model.parameter_counts()["total"],
+             "config": engine.cfg.to_dict(),
              "machine": machine(engine.device)}
     if variant:
         entry |= {"preset": preset, "overrides": overrides, "train_minutes_budget": minutes}
@@ -208,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="NAME",
                     default=list(VARIANTS),
                     help="ablations and model sizes run after the main table, on "
-                    f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets; s-causal on "
-                    "all): "
+                    f"{', '.join(VARIANT_DATASETS)} (those of them in --datasets): "
                     + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items())
                     + " (default: all; --variants alone: none)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -230,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         jobs = [(None, n, args.seq_len, n) for n in args.datasets]
         jobs += [(v, n, args.seq_len, n) for v in args.variants for n in args.datasets
-                 if n in variant_datasets(v)]
+                 if n in VARIANT_DATASETS]
     for name in dict.fromkeys(n for _, n, *_ in jobs):
         try:
             load_dataset(name, args.data_dir, seq_len=max(T for _, n, T, _ in jobs if n == name))
@@ -242,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         for job in list(jobs):
             v, key = job[0], job[3]
             kept = (report["variants"].get(v, {}) if v else report["datasets"]).get(key)
-            if kept:
+            if kept and stale_config(kept, v, args, job[2]):
+                print(f"{key}{f' ({v})' if v else ''}: run again: its model config is not what "
+                      "the preset gives now", flush=True)
+            elif kept:
                 print(f"{key}{f' ({v})' if v else ''}: kept from commit {kept['commit'][:12]} "
                       f"({kept['created']}); --redo runs it again", flush=True)
                 jobs.remove(job)

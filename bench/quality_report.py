@@ -30,8 +30,7 @@ TABLE2 = {
           ("discriminative", "Diffusion-TS"): {"etth": "0.060", "energy": "0.290"}},
 }
 # Ablations and model size, beside the main table (the --preset column): name -> preset, model
-# overrides, training-budget factor, what it is. Each runs on variant_datasets(name) (within
-# --datasets): VARIANT_DATASETS, or every dataset for a candidate for the main table's preset.
+# overrides, training-budget factor, what it is. Each runs on VARIANT_DATASETS (within --datasets).
 VARIANTS = {
     "single-path": ("s", {"decomposition": False, "guidance": False}, 1,
                     "no decomposition: one encoder / decoder path on the window"),
@@ -39,20 +38,14 @@ VARIANTS = {
                     "the fine decoder path without the coarse-seasonal prior"),
     "one-scale": ("s", {"multiscale": False}, 1,
                   "no multi-scale: one token map of the latent length, predicted token by token"),
+    "next-scale": ("s", {"causal_scales": 0}, 1,
+                   "every token map drawn at once (`causal_scales=0`; the presets draw all maps "
+                   "but the first token by token)"),
     "l": ("l", {}, 1, "preset `l`, same budget"),
     "s-2x": ("s", {}, 2, "preset `s`, twice the budget"),
     "l-2x": ("l", {}, 2, "preset `l`, twice the budget"),
-    "s-causal": ("s", {"causal_scales": 6}, 1,
-                 "preset `s` with every token map but the first drawn token by token "
-                 "(`causal_scales=6`), on all six datasets"),
 }
 VARIANT_DATASETS = ("stocks", "etth", "energy")
-ALL_DATASET_VARIANTS = ("s-causal",)
-
-
-def variant_datasets(variant: str) -> tuple[str, ...]:
-    """The datasets a variant runs on (those of them in --datasets)."""
-    return tuple(NAMES) if variant in ALL_DATASET_VARIANTS else VARIANT_DATASETS
 
 
 # --long: (dataset, T) in run and table order: Table 2's lengths, and ETTh at 512 as a stress test
@@ -161,10 +154,25 @@ def markdown(report: dict) -> str:
                      f"{m['n_reference'] + m['n_probe']}{seen} | "
                      f"{'SUSPECT' if m['suspect'] else 'ok'} |")
     lines += variants_markdown(report)
+    lines += relabel_notes(report)
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{NAMES[n]} ({why})"
                                              for n, why in report["skipped"].items())]
     return "\n".join(lines) + "\n"
+
+
+def relabel_notes(report: dict) -> list[str]:
+    """One line per note of entries moved between the main table and a variant ("relabeled")."""
+    entries = [("main table", report["datasets"])] + [
+        (f"`{v}`", report["variants"].get(v, {})) for v in VARIANTS]
+    notes: dict[str, list[str]] = {}
+    for where, done in entries:
+        for key, r in done.items():
+            if "relabeled" in r:
+                notes.setdefault(r["relabeled"], []).append(f"{NAMES.get(key, key)} ({where})")
+    if not notes:
+        return []
+    return ["", *(f"Moved, {', '.join(keys)}: {note}." for note, keys in notes.items())]
 
 
 def variants_markdown(report: dict) -> list[str]:

@@ -178,3 +178,17 @@ def test_stage2_loss_covers_every_token():
     idx = torch.randint(32, (7, sum(SCALES)))
     logits = model.gpt(quant.teacher_inputs(split_scales(idx, SCALES)))
     assert logits.shape == (7, sum(SCALES), 32) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["xs", "s", "l"])
+def test_presets_draw_all_maps_but_the_first_token_by_token(name):
+    from timemar_engine.config import preset
+    for T in (24, 64, 256):
+        cfg = preset(name, T, 3)
+        assert cfg.causal_scales == len(cfg.scales) - 1 and cfg.blocks[0] == cfg.scales[0] == 1
+        assert cfg.blocks[1:] == (1,) * (cfg.n_tokens - 1)
+    assert preset(name, 24, 3, {"causal_scales": 0}).blocks == SCALES  # an override wins
+    assert preset(name, 24, 3, {"causal_scales": 2}).causal_scales == 2
+    assert preset(name, 24, 3, {"multiscale": False}).causal_scales == 0  # one map: no such maps
+    custom = preset(name, 24, 3, {"scales": [1, 3, 6]})
+    assert custom.causal_scales == 2 and custom.blocks == (1,) * 10

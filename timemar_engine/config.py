@@ -205,7 +205,10 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, seq_len: int, channels: int, overrides: dict | None = None) -> ModelConfig:
-    """A preset's config for windows of seq_len x channels, with model-field overrides."""
+    """A preset's config for windows of seq_len x channels, with model-field overrides. Every
+    preset draws all token maps but the first token by token (causal_scales = K - 1, unless
+    overridden): at the same training budget that beat drawing each map at once on all five
+    benchmark datasets measured (bench/results/experiments_T24.md, 2026-12-08)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     fixed = {"seq_len": "the window length is set by seq_len (--seq-len)",
@@ -213,8 +216,11 @@ def preset(name: str, seq_len: int, channels: int, overrides: dict | None = None
     overrides = overrides or {}
     for key in fixed.keys() & overrides.keys():
         raise ValueError(f"{key} cannot be overridden: {fixed[key]}")
-    return ModelConfig.from_dict({"seq_len": seq_len, "channels": channels, **PRESETS[name],
-                                  **overrides})
+    cfg = ModelConfig.from_dict({"seq_len": seq_len, "channels": channels, **PRESETS[name],
+                                 **overrides})
+    if "causal_scales" in overrides or not cfg.multiscale:
+        return cfg
+    return dataclasses.replace(cfg, causal_scales=len(cfg.scales) - 1)
 
 
 DEFAULT_STEPS = 3000  # per stage, when neither a step count nor a time budget is given
