@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=int_at_least(4, "an integer"),
                    help="window length T, at least 4 (default 24)")
     t.add_argument("--preset", choices=sorted(PRESETS),
-                   help="model size (default s, < 6M parameters; xs is tiny; l is large)")
+                   help="model size (default s, < 6M parameters; xs is tiny; l is large); "
+                   "each draws every token map but the first token by token (--set "
+                   "causal_scales=0: each map at once, faster sampling)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field, e.g. --set codebook_size=256 (repeatable)")
     t.add_argument("--out", default="model.pt", help="checkpoint path (default model.pt)")
