@@ -150,6 +150,11 @@ def run_one(name: str, variant: str | None, args: argparse.Namespace, commit: st
     ckpt = args.ckpt_dir / (f"{name}_T{args.seq_len}_{variant or args.preset}_seed{args.seed}"
                             f"{'_quick' if args.quick else ''}.pt")
     reused = args.reuse and ckpt.exists()
+    if reused and stale_config({"config": Engine.load(ckpt, device="cpu").cfg.to_dict()},
+                               variant, args, args.seq_len):
+        print(f"{tag}: {ckpt} holds another model config than the preset gives now; "
+              "training again", flush=True)
+        reused = False
     if reused:
         print(f"{tag}: reusing {ckpt}", flush=True)
     else:

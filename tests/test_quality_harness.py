@@ -94,6 +94,11 @@ def test_quality_report_accumulates_over_runs(tmp_path, capsys, monkeypatch):
     assert "made with other settings" in capsys.readouterr().out
     again = json.loads((out / "quality_T24.json").read_text())["datasets"]["sines"]
     assert again["reused"] and again["repeats"] == 3 and not trained
+    assert again["config"]["n_layer"] == 1 and again["config"]["causal_scales"] == 6
+    capsys.readouterr()  # a saved checkpoint of another config than the preset gives: retrained
+    monkeypatch.setitem(quality.QUICK_MODEL, "n_layer", 2)
+    assert quality.main([*base, "--redo", "--reuse", "--repeats", "3"]) == 0
+    assert "holds another model config" in capsys.readouterr().out and len(trained) == 1
 
 
 def test_quality_reference_matches_protocol_table():
