@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--data-dir")
     ap.add_argument("--samples", action="store_true", help="also the checkpoint's samples")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--noise", nargs="+", choices=("none", "white", "ar1"),
+                    default=["none", "white", "ar1"], help="which noise to add (default: all)")
     args = ap.parse_args()
     engine = Engine.load(args.ckpt, device="cpu")
     real, _ = real_windows(args.data, args.data_dir, engine.seq_len)
@@ -75,7 +77,7 @@ def main() -> None:
         bases["samples"] = engine.sample(len(real), seed=0, scale="model").astype(np.float64)
     rng, out = np.random.default_rng(0), {}
     for name, base in bases.items():
-        for noise in ("none", "white", "ar1"):
+        for noise in args.noise:
             fake = base if noise == "none" else np.clip(base + draw_noise(
                 len(base), engine.seq_len, phi, cov_innovations if noise == "ar1" else cov, rng,
                 noise == "ar1"), -1, 1)
