@@ -207,8 +207,8 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, seq_len: int, channels: int, overrides: dict | None = None) -> ModelConfig:
     """A preset's config for windows of seq_len x channels, with model-field overrides. Every
     preset draws all token maps but the first token by token (causal_scales = K - 1, unless
-    overridden): at the same training budget that beat drawing each map at once on all five
-    benchmark datasets measured (bench/results/experiments_T24.md, 2026-12-08)."""
+    overridden): at the same training budget that helped or tied against drawing each map at once
+    on all five benchmark datasets measured (bench/results/experiments_T24.md, 2026-12-08)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     fixed = {"seq_len": "the window length is set by seq_len (--seq-len)",
